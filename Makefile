@@ -1,0 +1,28 @@
+# The two entry points of the README; everything else is a detail of these.
+.PHONY: bootstrap up down status test lint bench
+
+VENV := .venv/bin
+
+bootstrap:
+	./scripts/bootstrap.sh
+
+up: bootstrap
+	$(VENV)/clawql-secrets up
+	$(VENV)/clawql-secrets status
+
+down:
+	$(VENV)/clawql-secrets down
+
+status:
+	$(VENV)/clawql-secrets status
+
+lint: bootstrap
+	$(VENV)/ruff check clawql_secrets tests
+	$(VENV)/ruff format --check clawql_secrets tests
+	$(VENV)/mypy
+
+test: lint
+	$(VENV)/pytest
+
+bench: bootstrap
+	$(VENV)/python -m benchmarks.run

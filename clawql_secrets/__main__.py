@@ -1,0 +1,5 @@
+import sys
+
+from clawql_secrets.cli import main
+
+sys.exit(main())

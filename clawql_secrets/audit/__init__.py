@@ -1,0 +1,1 @@
+"""Ships, proves and queries the OpenBao audit trail."""

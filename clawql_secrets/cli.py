@@ -1,0 +1,54 @@
+"""The ``clawql-secrets`` command line.
+
+Each capability package contributes its sub-commands through a
+``commands.register(subparsers)`` function; handlers take the parsed
+``argparse.Namespace`` and return an exit code. Errors are caught once, here:
+a ``ClawQLError`` prints its diagnostics and exits 1; anything else is a bug
+and exits 2 with its type only, never a value that might be a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from clawql_secrets import __version__
+from clawql_secrets.errors import ClawQLError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clawql_secrets.cluster import commands as cluster_commands
+    from clawql_secrets.hsm import commands as hsm_commands
+
+    parser = argparse.ArgumentParser(
+        prog="clawql-secrets",
+        description="The secrets plane of ClawQL: OpenBao cluster, HSM bridge, audit.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    cluster_commands.register(sub)
+    cluster_commands.register_breakglass(sub)
+    hsm_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except ClawQLError as exc:
+        print(f"error: {exc.diagnostics()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runs and operates the OpenBao cluster: HCL, supervision, bootstrap, health."""

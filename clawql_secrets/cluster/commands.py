@@ -1,0 +1,233 @@
+"""CLI: ``up``, ``down``, ``status``, ``cluster supervise|stop|start``, ``break-glass``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from clawql_secrets.cluster import stack
+from clawql_secrets.cluster.layout import StackSettings
+from clawql_secrets.cluster.supervisor import Supervisor
+from clawql_secrets.errors import InputError
+
+DEFAULT_DATA_DIR = Path(".clawql")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("up", help="start the local stack (3-node OpenBao + HSM bridge)")
+    _data_dir(p)
+    p.add_argument("--base-port", type=int, default=None, help="node ports (new data dir only)")
+    p.add_argument("--bridge-port", type=int, default=None, help="HSM bridge port (new data dir)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_up)
+
+    p = sub.add_parser("down", help="stop everything `up` started, and nothing else")
+    _data_dir(p)
+    p.set_defaults(func=_down)
+
+    p = sub.add_parser("status", help="nodes, raft, bridge and HSM health")
+    _data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_status)
+
+    cluster = sub.add_parser("cluster", help="operate the local cluster's processes")
+    csub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION")
+    csub.required = True
+    p = csub.add_parser("supervise", help="run the supervisor in the foreground (used by `up`)")
+    _data_dir(p)
+    p.set_defaults(func=_supervise)
+    for name, func, text in (
+        ("stop", _stop, "keep one process (n1, n2, n3, bridge) stopped"),
+        ("start", _start, "let a stopped process run again"),
+    ):
+        p = csub.add_parser(name, help=text)
+        _data_dir(p)
+        p.add_argument("process")
+        p.set_defaults(func=func)
+
+
+def _data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help="where the stack keeps its state (default ./.clawql)")
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def _settings(args: argparse.Namespace) -> StackSettings:
+    return stack.load_settings(
+        args.data_dir.resolve(),
+        base_port=getattr(args, "base_port", None),
+        bridge_port=getattr(args, "bridge_port", None),
+    )
+
+
+def _up(args: argparse.Namespace) -> int:
+    console = _console()
+    settings = _settings(args)
+    with console.status("starting") as spinner:
+        res = stack.up(settings, progress=lambda m: (spinner.update(m), console.log(m)))
+    if args.json:
+        print(json.dumps({"initialised_now": res.initialised_now,
+                          "recovery_shares": res.share_files,
+                          **stack.status(settings)}, indent=2))
+        return 0
+    console.print("[bold green]ClawQL Secrets stack is up[/]")
+    for node in ("n1", "n2", "n3"):
+        console.print(f"  OpenBao {node}: {settings.api_addr(node)}")
+    console.print(f"  HSM bridge: {settings.bridge_addr}")
+    console.print(f"  CA for clients: {settings.node_ca_dir / 'ca.pem'}")
+    console.print(f"  logs: {settings.log_dir}")
+    if res.initialised_now:
+        console.print(
+            f"  recovery shares ({settings.recovery_threshold} of {settings.recovery_shares}) "
+            f"encrypted to key holders: {settings.recovery_dir}"
+        )
+        console.print(
+            f"[bold red]  DEV ONLY: the holders' private identities are in "
+            f"{settings.holders_dir}; never do this outside a laptop.[/]"
+        )
+        console.print("  the initial root token was used for bootstrap and revoked")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    console = _console()
+    stopped = stack.down(_settings(args), progress=console.log)
+    console.print("stopped" if stopped else "nothing was running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    st = stack.status(_settings(args))
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        _print_status(st)
+    healthy = all(n["up"] and n["sealed"] is False and n["voter"] for n in st["nodes"].values())
+    return 0 if healthy and st["bridge"].get("up") else 3
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(title=f"OpenBao cluster ({st['data_dir']})")
+    for col in ("node", "address", "up", "sealed", "role", "voter", "applied index", "restarts"):
+        table.add_column(col)
+    for name, n in st["nodes"].items():
+        table.add_row(name, n["address"], _yn(n["up"]), _yn(n["sealed"]), str(n["role"] or "-"),
+                      _yn(n["voter"]), str(n["applied_index"] or "-"), str(n["restarts"]))
+    console.print(table)
+    b = st["bridge"]
+    if b.get("up"):
+        console.print(f"HSM bridge: up; token {b.get('token_label')}, key {b.get('key_name')} "
+                      f"v{b.get('key_version')}")
+    else:
+        console.print(f"HSM bridge: [red]down[/] ({b.get('error', 'no answer')})")
+    if "raft_error" in st:
+        console.print(f"raft: [yellow]{st['raft_error']}[/]")
+
+
+def _yn(v: object) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    return Supervisor(_settings(args)).run()
+
+
+def _stop(args: argparse.Namespace) -> int:
+    stack.hold(_settings(args), args.process)
+    print(f"{args.process} will be kept stopped", file=sys.stderr)
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    stack.release(_settings(args), args.process)
+    print(f"{args.process} released", file=sys.stderr)
+    return 0
+
+
+def register_breakglass(sub: Any) -> None:
+    bg = sub.add_parser("break-glass", help="emergency procedures that need key holders")
+    bsub = bg.add_subparsers(dest="bg_command", metavar="ACTION")
+    bsub.required = True
+    p = bsub.add_parser("decrypt-share", help="a holder decrypts their recovery share")
+    p.add_argument("--identity", type=Path, required=True, help="the holder's age identity file")
+    p.add_argument("share", type=Path, help="recovery-share-N.age")
+    p.set_defaults(func=_bg_decrypt)
+    p = bsub.add_parser(
+        "root-token",
+        help="generate a root token from a quorum of recovery shares, use it once, revoke it",
+    )
+    _data_dir(p)
+    p.add_argument("--share", type=Path, action="append", required=True,
+                   help="a decrypted recovery share file (repeat for each holder)")
+    p.add_argument("--print-token", metavar="TTL", default=None,
+                   help="instead of an operation: print a root-policy token once, valid for TTL")
+    p.add_argument("operation", nargs="*",
+                   help="METHOD PATH [JSON-BODY], e.g. GET sys/auth")
+    p.set_defaults(func=_bg_root)
+
+
+def _bg_decrypt(args: argparse.Namespace) -> int:
+    from clawql_secrets import holders
+
+    ident = holders.load_identity(args.identity)
+    try:
+        blob = args.share.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {args.share}") from exc
+    share = holders.decrypt_with(ident, blob, f"share {args.share.name}")
+    import base64
+
+    print(base64.b64encode(share).decode())
+    return 0
+
+
+def _bg_root(args: argparse.Namespace) -> int:
+    from clawql_secrets.cluster import bootstrap, breakglass
+    from clawql_secrets.issuer import LocalIssuer
+
+    op = None
+    if args.operation:
+        if len(args.operation) not in (2, 3):
+            raise InputError("operation is METHOD PATH [JSON-BODY]")
+        body = None
+        if len(args.operation) == 3:
+            try:
+                body = json.loads(args.operation[2])
+            except ValueError as exc:
+                raise InputError("the operation's body is not valid JSON") from exc
+        op = breakglass.Operation(args.operation[0].upper(), args.operation[1], body)
+    elif not args.print_token:
+        raise InputError("give an operation (METHOD PATH [JSON]) or --print-token TTL")
+    shares = []
+    for path in args.share:
+        try:
+            shares.append(path.read_text().strip())
+        except OSError as exc:
+            raise InputError(f"cannot read share file {path}") from exc
+    settings = _settings(args)
+    issuer = LocalIssuer.load_or_create(settings.issuer_dir, stack.ISSUER_URL)
+    with stack.client_for(settings) as client:
+        token = bootstrap.operator_login(
+            client, issuer, role=bootstrap.BREAKGLASS_ROLE, subject=bootstrap.BREAKGLASS_SUBJECT
+        )
+        try:
+            out = breakglass.run_once(client, shares, op, token=token, print_ttl=args.print_token)
+        finally:
+            client.request("POST", "auth/token/revoke-self", token=token, retry_for=5)
+    if args.print_token:
+        _console().print(
+            f"[bold red]root-policy token, valid {args.print_token}; shown once, revoke it "
+            "when done (bao token revoke -self)[/]"
+        )
+    print(json.dumps(out, indent=2))
+    return 0
