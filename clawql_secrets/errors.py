@@ -54,9 +54,7 @@ class BackendError(ClawQLError):
 class OpenBaoError(BackendError):
     """OpenBao returned an error, or could not be reached."""
 
-    def __init__(
-        self, message: str, *, status: int | None = None, fix: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status: int | None = None, fix: str | None = None) -> None:
         super().__init__(message, fix=fix)
         self.status = status
 

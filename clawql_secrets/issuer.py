@@ -69,7 +69,9 @@ class LocalIssuer:
     def public_pem(self) -> str:
         return (
             self._key.public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             .decode()
         )
 
@@ -78,9 +80,7 @@ class LocalIssuer:
         jwk.update({"kid": self.kid, "use": "sig", "alg": ALGORITHM})
         return {"keys": [jwk]}
 
-    def mint(
-        self, subject: str, audience: str, ttl: int = 300, **claims: Any
-    ) -> str:
+    def mint(self, subject: str, audience: str, ttl: int = 300, **claims: Any) -> str:
         now = int(time.time())
         payload = {
             "iss": self.issuer,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -180,6 +181,6 @@ class LocalCA:
         try:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             cert.verify_directly_issued_by(self.cert)
-        except (OSError, ValueError, TypeError, x509.InvalidSignature):
+        except (OSError, ValueError, TypeError, InvalidSignature):
             return False
         return cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=1)

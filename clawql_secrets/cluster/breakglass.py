@@ -63,7 +63,9 @@ def generate_root(client: OpenBaoClient, shares: Sequence[str], token: str) -> s
         raise InputError("no recovery shares given")
 
     def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        data: dict[str, Any] = client.request(method, path, body=body, token=token).get("data") or {}
+        data: dict[str, Any] = (
+            client.request(method, path, body=body, token=token).get("data") or {}
+        )
         return data
 
     # 1.
@@ -123,8 +125,13 @@ def run_once(
             resp = client.request(
                 "POST",
                 "auth/token/create-orphan",
-                body={"policies": ["root"], "ttl": print_ttl, "renewable": False,
-                      "display_name": "break-glass", "num_uses": 0},
+                body={
+                    "policies": ["root"],
+                    "ttl": print_ttl,
+                    "renewable": False,
+                    "display_name": "break-glass",
+                    "num_uses": 0,
+                },
                 token=root,
             )
             return {"token": resp["auth"]["client_token"], "ttl": print_ttl}

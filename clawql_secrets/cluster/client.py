@@ -10,6 +10,7 @@ call and never appear in an error message.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ class OpenBaoClient:
         self.token = token
         self.retry_for = retry_for
         self._http = httpx.Client(
-            verify=str(ca),
+            verify=ssl.create_default_context(cafile=str(ca)),
             timeout=timeout,
             follow_redirects=False,
             trust_env=False,
@@ -63,7 +64,9 @@ class OpenBaoClient:
     def read(self, path: str, *, token: str | None = None) -> JSON:
         return self.request("GET", path, token=token)
 
-    def write(self, path: str, body: Mapping[str, Any] | None = None, *, token: str | None = None) -> JSON:
+    def write(
+        self, path: str, body: Mapping[str, Any] | None = None, *, token: str | None = None
+    ) -> JSON:
         return self.request("POST", path, body=body, token=token)
 
     def delete(self, path: str, *, token: str | None = None) -> JSON:

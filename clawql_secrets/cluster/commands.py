@@ -41,7 +41,14 @@ def register(sub: Any) -> None:
     csub.required = True
     p = csub.add_parser("supervise", help="run the supervisor in the foreground (used by `up`)")
     _data_dir(p)
+    p.add_argument("--daemonize", action="store_true", help="fork into the background")
     p.set_defaults(func=_supervise)
+    p = csub.add_parser("render-k8s", help="write production Kubernetes manifests and HCL")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--replicas", type=int, default=3)
+    p.add_argument("--namespace", default="clawql")
+    p.add_argument("--image", default=None, help="OpenBao image (default pinned 2.7.2)")
+    p.set_defaults(func=_render_k8s)
     for name, func, text in (
         ("stop", _stop, "keep one process (n1, n2, n3, bridge) stopped"),
         ("start", _start, "let a stopped process run again"),
@@ -53,12 +60,16 @@ def register(sub: Any) -> None:
 
 
 def _data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                   help="where the stack keeps its state (default ./.clawql)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="where the stack keeps its state (default ./.clawql)",
+    )
 
 
 def _console() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, log_path=False)
 
 
 def _settings(args: argparse.Namespace) -> StackSettings:
@@ -73,11 +84,23 @@ def _up(args: argparse.Namespace) -> int:
     console = _console()
     settings = _settings(args)
     with console.status("starting") as spinner:
-        res = stack.up(settings, progress=lambda m: (spinner.update(m), console.log(m)))
+
+        def progress(message: str) -> None:
+            spinner.update(message)
+            console.log(message)
+
+        res = stack.up(settings, progress=progress)
     if args.json:
-        print(json.dumps({"initialised_now": res.initialised_now,
-                          "recovery_shares": res.share_files,
-                          **stack.status(settings)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "initialised_now": res.initialised_now,
+                    "recovery_shares": res.share_files,
+                    **stack.status(settings),
+                },
+                indent=2,
+            )
+        )
         return 0
     console.print("[bold green]ClawQL Secrets stack is up[/]")
     for node in ("n1", "n2", "n3"):
@@ -118,16 +141,25 @@ def _status(args: argparse.Namespace) -> int:
 def _print_status(st: dict[str, Any]) -> None:
     console = Console()
     table = Table(title=f"OpenBao cluster ({st['data_dir']})")
-    for col in ("node", "address", "up", "sealed", "role", "voter", "applied index", "restarts"):
+    for col in ("node", "up", "sealed", "role", "voter", "applied index", "restarts"):
         table.add_column(col)
     for name, n in st["nodes"].items():
-        table.add_row(name, n["address"], _yn(n["up"]), _yn(n["sealed"]), str(n["role"] or "-"),
-                      _yn(n["voter"]), str(n["applied_index"] or "-"), str(n["restarts"]))
+        table.add_row(
+            name,
+            _yn(n["up"]),
+            _yn(n["sealed"]),
+            str(n["role"] or "-"),
+            _yn(n["voter"]),
+            str(n["applied_index"] or "-"),
+            str(n["restarts"]),
+        )
     console.print(table)
     b = st["bridge"]
     if b.get("up"):
-        console.print(f"HSM bridge: up; token {b.get('token_label')}, key {b.get('key_name')} "
-                      f"v{b.get('key_version')}")
+        console.print(
+            f"HSM bridge: up; token {b.get('token_label')}, key {b.get('key_name')} "
+            f"v{b.get('key_version')}"
+        )
     else:
         console.print(f"HSM bridge: [red]down[/] ({b.get('error', 'no answer')})")
     if "raft_error" in st:
@@ -139,7 +171,22 @@ def _yn(v: object) -> str:
 
 
 def _supervise(args: argparse.Namespace) -> int:
-    return Supervisor(_settings(args)).run()
+    settings = _settings(args)
+    if args.daemonize:
+        from clawql_secrets.cluster.supervisor import daemonize
+
+        daemonize(settings)
+    return Supervisor(settings).run()
+
+
+def _render_k8s(args: argparse.Namespace) -> int:
+    from clawql_secrets.cluster import manifests
+
+    extra = {"image": args.image} if args.image else {}
+    spec = manifests.K8sSpec(replicas=args.replicas, namespace=args.namespace, **extra)
+    for path in manifests.write(spec, args.out):
+        print(path)
+    return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -167,12 +214,20 @@ def register_breakglass(sub: Any) -> None:
         help="generate a root token from a quorum of recovery shares, use it once, revoke it",
     )
     _data_dir(p)
-    p.add_argument("--share", type=Path, action="append", required=True,
-                   help="a decrypted recovery share file (repeat for each holder)")
-    p.add_argument("--print-token", metavar="TTL", default=None,
-                   help="instead of an operation: print a root-policy token once, valid for TTL")
-    p.add_argument("operation", nargs="*",
-                   help="METHOD PATH [JSON-BODY], e.g. GET sys/auth")
+    p.add_argument(
+        "--share",
+        type=Path,
+        action="append",
+        required=True,
+        help="a decrypted recovery share file (repeat for each holder)",
+    )
+    p.add_argument(
+        "--print-token",
+        metavar="TTL",
+        default=None,
+        help="instead of an operation: print a root-policy token once, valid for TTL",
+    )
+    p.add_argument("operation", nargs="*", help="METHOD PATH [JSON-BODY], e.g. GET sys/auth")
     p.set_defaults(func=_bg_root)
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,9 +38,9 @@ from clawql_secrets.cluster.layout import (
     StackSettings,
 )
 from clawql_secrets.cluster.supervisor import BRIDGE, read_state
-from clawql_secrets.errors import ClawQLError, ConfigError, OpenBaoError, ProcessError
+from clawql_secrets.errors import ClawQLError, ConfigError, ProcessError
 from clawql_secrets.hsm import softhsm
-from clawql_secrets.hsm.bridge import BridgeSettings
+from clawql_secrets.hsm.bridge import BridgeSettings, open_token
 from clawql_secrets.issuer import LocalIssuer
 from clawql_secrets.tlsca import LocalCA
 
@@ -74,23 +76,47 @@ def load_settings(data_dir: Path, **overrides: Any) -> StackSettings:
         ) from exc
 
 
-# -- preparation -------------------------------------------------------------
-def _check_ports(settings: StackSettings) -> None:
+# -- ports -------------------------------------------------------------------
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_settings(data_dir: Path, host: str = LOOPBACK) -> StackSettings:
+    """Settings whose node and bridge ports are all free now (tests, benchmarks)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 45000, 100)
+        candidate = StackSettings(
+            data_dir=data_dir, base_port=base, bridge_port=base + 50, host=host
+        )
+        if all(_port_free(host, p) for p in _ports(candidate)):
+            return candidate
+    raise ConfigError("no free range of loopback ports found between 20000 and 45000")
+
+
+def _ports(settings: StackSettings) -> list[int]:
     ports = [settings.bridge_port]
     for n in NODE_IDS:
         p = settings.node_ports(n)
         ports += [p.api, p.cluster]
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((settings.host, port))
-            except OSError as exc:
-                raise ConfigError(
-                    f"port {settings.host}:{port} is in use by another process",
-                    fix="stop that process, or choose other ports "
-                    "(clawql-secrets up --base-port N --bridge-port M on a new data dir)",
-                ) from exc
+    return ports
+
+
+# -- preparation -------------------------------------------------------------
+def _check_ports(settings: StackSettings) -> None:
+    for port in _ports(settings):
+        if not _port_free(settings.host, port):
+            raise ConfigError(
+                f"port {settings.host}:{port} is in use by another process",
+                fix="stop that process, or choose other ports "
+                "(clawql-secrets up --base-port N --bridge-port M on a new data dir)",
+            )
 
 
 def prepare(settings: StackSettings) -> LocalIssuer:
@@ -119,7 +145,11 @@ def prepare(settings: StackSettings) -> LocalIssuer:
         allowed_uri_prefix=NODE_URI_PREFIX,
     )
     s.bridge_config.write_text(bridge.model_dump_json(indent=2))
-    softhsm.ensure_key(bridge)
+    with open_token(bridge) as token:
+        if not token.versions():
+            # Generated inside the token, never extractable. `hsm ceremony` adds an
+            # escrowed version for break-glass when the operator wants one.
+            token.generate_version()
     peers = tuple(s.api_addr(n) for n in NODE_IDS)
     for node in NODE_IDS:
         d = s.node_dir(node)
@@ -128,8 +158,9 @@ def prepare(settings: StackSettings) -> LocalIssuer:
         listener = node_ca.issue(
             d / "tls", "listener", dns=("localhost",), ips=(s.host,), server=True, client=True
         )
-        seal_client = seal_ca.issue(d / "tls", "seal-client", uris=(NODE_URI_PREFIX + node,),
-                                    client=True)
+        seal_client = seal_ca.issue(
+            d / "tls", "seal-client", uris=(NODE_URI_PREFIX + node,), client=True
+        )
         ports = s.node_ports(node)
         spec = hcl.NodeSpec(
             node_id=node,
@@ -145,8 +176,7 @@ def prepare(settings: StackSettings) -> LocalIssuer:
                 address=s.bridge_addr,
                 mount_path=SEAL_MOUNT,
                 key_name=SEAL_KEY,
-                client=hcl.TLSFiles(seal_client.cert_path, seal_client.key_path,
-                                    node_ca.cert_path),
+                client=hcl.TLSFiles(seal_client.cert_path, seal_client.key_path, node_ca.cert_path),
             ),
         )
         s.node_config(node).write_text(hcl.render_node(spec))
@@ -184,20 +214,42 @@ def _start_supervisor(settings: StackSettings, progress: Progress) -> int:
         progress(f"removing stale lock {settings.pid_file} (its process is gone)")
         settings.pid_file.unlink()
     _check_ports(settings)
-    log = (settings.log_dir / "supervisor.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clawql_secrets", "cluster", "supervise",
-         "--data-dir", str(settings.data_dir.resolve())],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
-    )
-    log.close()
-    settings.pid_file.write_text(f"{proc.pid}\n")
-    return proc.pid
+    # `supervise --daemonize` forks the real supervisor (new session, reparented to
+    # init) and exits at once, writing the pid file: `up` leaves no child behind.
+    with (settings.log_dir / "supervisor.log").open("ab") as log:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clawql_secrets",
+                "cluster",
+                "supervise",
+                "--daemonize",
+                "--data-dir",
+                str(settings.data_dir.resolve()),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+            timeout=30,
+        )
+    pid = supervisor_pid(settings)
+    if done.returncode != 0 or pid is None:
+        raise ProcessError(
+            "the supervisor did not start",
+            fix=f"read {settings.log_dir / 'supervisor.log'}",
+        )
+    return pid
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float, progress: Progress,
-          settings: StackSettings) -> None:
+def _wait(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    progress: Progress,
+    settings: StackSettings,
+) -> None:
     progress(f"waiting: {what}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -237,15 +289,26 @@ def up(settings: StackSettings, progress: Progress = _quiet, timeout: float = 12
             progress("initialising the cluster (recovery shares to the key holders)")
             recipients = holders.generate_local_holders(s.holders_dir, s.recovery_shares)
             res = bootstrap.initialise(
-                client, first, shares=s.recovery_shares, threshold=s.recovery_threshold,
-                recipients=recipients, recovery_dir=s.recovery_dir, issuer=issuer,
+                client,
+                first,
+                shares=s.recovery_shares,
+                threshold=s.recovery_threshold,
+                recipients=recipients,
+                recovery_dir=s.recovery_dir,
+                issuer=issuer,
             )
             result.initialised_now = True
             result.share_files = [str(p) for p in res.share_files]
-        _wait("3 nodes unsealed", lambda: _unsealed(client, s) == len(NODE_IDS), timeout,
-              progress, s)
-        _wait("3 raft voters and a leader", lambda: _voters_ready(client, issuer), timeout,
-              progress, s)
+        _wait(
+            "3 nodes unsealed", lambda: _unsealed(client, s) == len(NODE_IDS), timeout, progress, s
+        )
+        _wait(
+            "3 raft voters and a leader",
+            lambda: _voters_ready(client, issuer),
+            timeout,
+            progress,
+            s,
+        )
     return result
 
 
@@ -264,18 +327,15 @@ def _voters_ready(client: OpenBaoClient, issuer: LocalIssuer) -> bool:
     except ClawQLError:
         return False
     servers = state.get("servers", {})
-    return (
-        len(state.get("voters", [])) == len(NODE_IDS)
-        and any(v.get("status") == "leader" for v in servers.values())
+    return len(state.get("voters", [])) == len(NODE_IDS) and any(
+        v.get("status") == "leader" for v in servers.values()
     )
 
 
 def autopilot_state(client: OpenBaoClient, issuer: LocalIssuer) -> dict[str, Any]:
     token = bootstrap.operator_login(client, issuer)
     try:
-        data: dict[str, Any] = client.read("sys/storage/raft/autopilot/state", token=token)[
-            "data"
-        ]
+        data: dict[str, Any] = client.read("sys/storage/raft/autopilot/state", token=token)["data"]
     finally:
         with contextlib.suppress(ClawQLError):
             client.request("POST", "auth/token/revoke-self", token=token, retry_for=2)
@@ -299,8 +359,10 @@ def down(settings: StackSettings, progress: Progress = _quiet, timeout: float = 
             break
         time.sleep(0.1)
     else:
-        raise ProcessError(f"supervisor {pid} did not stop within {timeout:.0f}s",
-                           fix=f"kill {pid}; its children are in {settings.state_file}")
+        raise ProcessError(
+            f"supervisor {pid} did not stop within {timeout:.0f}s",
+            fix=f"kill {pid}; its children are in {settings.state_file}",
+        )
     with contextlib.suppress(FileNotFoundError):
         settings.pid_file.unlink()
     return True
@@ -320,7 +382,9 @@ def release(settings: StackSettings, name: str) -> None:
 
 def _check_name(name: str) -> None:
     if name not in (*NODE_IDS, BRIDGE):
-        raise ConfigError(f"unknown process {name!r}", fix=f"one of {', '.join((*NODE_IDS, BRIDGE))}")
+        raise ConfigError(
+            f"unknown process {name!r}", fix=f"one of {', '.join((*NODE_IDS, BRIDGE))}"
+        )
 
 
 def child_pid(settings: StackSettings, name: str) -> int | None:
@@ -372,7 +436,9 @@ def status(settings: StackSettings) -> dict[str, Any]:
 def bridge_health(s: StackSettings) -> dict[str, Any]:
     try:
         resp = httpx.get(
-            f"{s.bridge_addr}/v1/health", verify=str(s.node_ca_dir / "ca.pem"), timeout=2.0,
+            f"{s.bridge_addr}/v1/health",
+            verify=ssl.create_default_context(cafile=str(s.node_ca_dir / "ca.pem")),
+            timeout=2.0,
             trust_env=False,
         )
         data: dict[str, Any] = resp.json()
@@ -389,4 +455,3 @@ def running(settings: StackSettings, progress: Progress = _quiet) -> Iterator[Up
         yield up(settings, progress)
     finally:
         down(settings)
-

@@ -80,8 +80,15 @@ def children_for(settings: StackSettings) -> list[Child]:
     kids = [
         Child(
             name=BRIDGE,
-            argv=[sys.executable, "-m", "clawql_secrets", "hsm", "serve", "--config",
-                  str(settings.bridge_config)],
+            argv=[
+                sys.executable,
+                "-m",
+                "clawql_secrets",
+                "hsm",
+                "serve",
+                "--config",
+                str(settings.bridge_config),
+            ],
             cwd=settings.hsm_dir,
             env=_clean_env(),
             log=logs / "bridge.log",
@@ -137,12 +144,15 @@ class Supervisor:
             child.last_exit = child.proc.returncode
             uptime = now - child.started_at
             child.proc = None
-            child.backoff = BACKOFF_START if uptime > STABLE_AFTER else min(
-                child.backoff * 2, BACKOFF_MAX
+            child.backoff = (
+                BACKOFF_START if uptime > STABLE_AFTER else min(child.backoff * 2, BACKOFF_MAX)
             )
             child.next_start = now + child.backoff
-            self._log(child, f"exited with {child.last_exit} after {uptime:.1f}s; "
-                             f"restart in {child.backoff:.1f}s")
+            self._log(
+                child,
+                f"exited with {child.last_exit} after {uptime:.1f}s; "
+                f"restart in {child.backoff:.1f}s",
+            )
             return True
         if held and child.running():
             self._terminate(child)
@@ -157,7 +167,11 @@ class Supervisor:
         child.log.parent.mkdir(parents=True, exist_ok=True)
         with child.log.open("ab") as log:
             child.proc = subprocess.Popen(
-                child.argv, cwd=child.cwd, env=child.env, stdout=log, stderr=subprocess.STDOUT,
+                child.argv,
+                cwd=child.cwd,
+                env=child.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         if child.started_at:
@@ -210,6 +224,22 @@ class Supervisor:
         tmp = self.settings.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.settings.state_file)
+
+
+def daemonize(settings: StackSettings) -> None:
+    """Fork into a new session; the parent writes the pid file and exits.
+
+    Only the child returns. The pid file is written before the parent exits, so
+    the caller of ``supervise --daemonize`` finds it as soon as it is reaped.
+    """
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    pid = os.fork()
+    if pid:
+        tmp = settings.pid_file.with_suffix(".tmp")
+        tmp.write_text(f"{pid}\n")
+        os.replace(tmp, settings.pid_file)
+        os._exit(0)
+    os.setsid()
 
 
 def read_state(settings: StackSettings) -> dict[str, object] | None:

@@ -10,6 +10,7 @@ import pytest
 
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import InputError, NotLeaderError, OpenBaoError
+from clawql_secrets.tlsca import LocalCA
 
 ADDRS = ["https://a:1", "https://b:1", "https://c:1"]
 
@@ -17,8 +18,7 @@ ADDRS = ["https://a:1", "https://b:1", "https://c:1"]
 def _client(
     handler: Callable[[httpx.Request], httpx.Response], tmp_path: Path, **kw: float
 ) -> OpenBaoClient:
-    ca = tmp_path / "ca.pem"
-    ca.write_text("")
+    ca = LocalCA.load_or_create(tmp_path / "ca", "test").cert_path
     return OpenBaoClient(ADDRS, ca, transport=httpx.MockTransport(handler), **kw)
 
 
