@@ -1,0 +1,548 @@
+"""The HSM bridge: OpenBao's transit-seal API served from a PKCS#11 token.
+
+OpenBao 2.7 has no built-in PKCS#11 seal, but its ``seal "transit"`` talks to
+any server answering two calls (all ``PUT``, JSON, no Content-Type)::
+
+    PUT /v1/<mount>/encrypt/<key>  {"plaintext": b64}
+        -> {"data": {"ciphertext": "clawql:v<N>:...", "key_version": N}}
+    PUT /v1/<mount>/decrypt/<key>  {"ciphertext": "clawql:v<N>:..."}
+        -> {"data": {"plaintext": b64}}
+
+``POST`` is accepted as well. The plaintexts are OpenBao's root key and
+recovery key in clear, so this service is inside the trust boundary and
+authenticates every caller by **mutual TLS**:
+
+* the TLS layer trusts ONE dedicated client CA (``client_ca``), not the CA of
+  the nodes' listeners, with ``CERT_OPTIONAL``. A certificate from another CA
+  fails the handshake itself (the client sees a reset; Python's ssl offers no
+  hook to log it, so this case is the one refusal without a bridge log line);
+* a caller without a certificate gets 401, one whose certificate carries no
+  URI SAN starting with ``allowed_uri_prefix`` (``spiffe://clawql.local/openbao/``
+  by convention, one URI per node: ``.../openbao/n1``) gets 403; both log why.
+
+uvicorn does not hand the peer certificate to the application, so
+:class:`ClientCertProtocol` (a small ``H11Protocol`` subclass installed with
+``Config(http=...)``) reads it from the SSL object when the connection is made
+and puts it in the ASGI scope as ``scope["extensions"]["tls"]["client_cert"]``.
+
+``/v1/auth/token/renew-self`` answers 404 with an explanation: callers present
+certificates, not tokens, and the seal stanza sets ``disable_renewal = "true"``.
+``GET /v1/health`` needs no certificate and shows no secret.
+
+Rotation needs no restart and no signal: every encrypt first looks for the key
+label after the newest known one (one ``C_FindObjects``), and a decrypt for an
+unknown version searches the token, so versions added by ``hsm rotate`` or a
+restore in another process are used at once.
+
+Errors are ``{"errors": ["..."]}`` like OpenBao's, with no stack trace and
+never a plaintext; logs go to stderr, one line per refusal or error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import errno
+import json
+import logging
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from clawql_secrets.errors import (
+    AuthenticationError,
+    ClawQLError,
+    ConfigError,
+    HSMError,
+    InputError,
+)
+from clawql_secrets.hsm import envelope
+from clawql_secrets.hsm.token import (
+    DEFAULT_LIB_PATH,
+    DecryptionFailed,
+    HSMToken,
+    KeyVersionMissing,
+)
+
+log = logging.getLogger("clawql_secrets.hsm.bridge")
+
+DEFAULT_URI_PREFIX = "spiffe://clawql.local/openbao/"
+DEFAULT_MOUNT = "transit"
+DEFAULT_KEY_NAME = "clawql-unseal"
+DEFAULT_PORT = 18300
+_MAX_HEADER_BYTES = 16 * 1024
+
+
+# -- settings ------------------------------------------------------------------
+
+
+class BridgeSettings(BaseModel):
+    """The bridge's JSON configuration file (``hsm serve --config FILE``).
+
+    Relative paths are relative to the configuration file.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lib_path: Path = DEFAULT_LIB_PATH
+    softhsm_conf: Path | None = None
+    token_label: str = Field(default="clawql", min_length=1, max_length=32)
+    pin_file: Path
+    key_name: str = DEFAULT_KEY_NAME
+    mount: str = DEFAULT_MOUNT
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    tls_cert: Path
+    tls_key: Path
+    client_ca: Path
+    allowed_uri_prefix: str = DEFAULT_URI_PREFIX
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("key_name")
+    @classmethod
+    def _key_name(cls, value: str) -> str:
+        if not envelope.is_valid_key_name(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '-' or '_'")
+        return value
+
+    @field_validator("mount")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        value = value.strip("/")
+        if not envelope.is_valid_mount(value):
+            raise ValueError("must be 1-8 '/'-separated segments of letters, digits, '-', '_'")
+        return value
+
+    @field_validator("allowed_uri_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        # The trailing '/' stops ".../openbao" from also admitting ".../openbao-evil".
+        if "://" not in value or not value.endswith("/") or len(value) < 10:
+            raise ValueError(
+                "must be a URI prefix ending in '/', e.g. spiffe://clawql.local/openbao/"
+            )
+        return value
+
+    def resolved(self, base_dir: Path) -> BridgeSettings:
+        """The same settings with relative paths anchored at ``base_dir``."""
+        update: dict[str, Path] = {}
+        for name in ("lib_path", "softhsm_conf", "pin_file", "tls_cert", "tls_key", "client_ca"):
+            value = getattr(self, name)
+            if isinstance(value, Path) and not value.is_absolute():
+                update[name] = base_dir / value
+        return self.model_copy(update=update)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Field paths and messages only: pydantic's own text quotes input values."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_settings(path: Path) -> BridgeSettings:
+    try:
+        raw = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"the bridge configuration {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"the bridge configuration {path} cannot be read ({exc.strerror})"
+        ) from exc
+    except ValueError as exc:
+        raise ConfigError(f"the bridge configuration {path} is not valid JSON") from exc
+    try:
+        settings = BridgeSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"the bridge configuration {path} is invalid: {describe_validation_error(exc)}"
+        ) from exc
+    return settings.resolved(path.resolve().parent)
+
+
+def open_token(settings: BridgeSettings) -> HSMToken:
+    """The token handle the settings describe (PIN from ``pin_file``)."""
+    return HSMToken.from_pin_file(
+        lib_path=settings.lib_path,
+        token_label=settings.token_label,
+        pin_file=settings.pin_file,
+        key_name=settings.key_name,
+        softhsm_conf=settings.softhsm_conf,
+    )
+
+
+# -- caller identity (pure) ------------------------------------------------------
+
+
+def client_identity(peercert: Mapping[str, Any] | None, prefix: str) -> str:
+    """The caller's URI SAN under ``prefix``, or AuthenticationError saying why not.
+
+    ``peercert`` is ``SSLSocket.getpeercert()`` of a verified connection: the
+    chain to the client CA was checked by the handshake.
+    """
+    if not peercert:
+        raise AuthenticationError("no client certificate presented")
+    sans = peercert.get("subjectAltName", ())
+    uris = [str(value) for kind, value in sans if kind == "URI"]
+    for uri in uris:
+        if uri.startswith(prefix) and len(uri) > len(prefix):
+            return uri
+    shown = ", ".join(repr(u[:120]) for u in uris[:4]) or "none"
+    raise AuthenticationError(
+        f"client certificate carries no URI SAN under {prefix!r} (URI SANs: {shown})"
+    )
+
+
+# -- the ASGI app ---------------------------------------------------------------
+
+
+class _Refusal(Exception):
+    """An HTTP error answer; the message is safe to show and to log."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _errors(status: int, *messages: str) -> JSONResponse:
+    return JSONResponse({"errors": list(messages)}, status_code=status)
+
+
+def _where(request: Request) -> str:
+    client = request.client
+    who = f"{client.host}:{client.port}" if client else "unknown"
+    path = request.url.path[:200].encode("unicode_escape").decode("ascii")
+    return f"{who} {request.method} {path}"
+
+
+class BridgeApp:
+    """Request handling for one mount and key name over one token handle."""
+
+    def __init__(self, settings: BridgeSettings, token: HSMToken) -> None:
+        self.settings = settings
+        self.token = token
+
+    def build(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/health", self.health, methods=["GET"]),
+                Route(
+                    "/v1/{rest:path}",
+                    self.dispatch,
+                    methods=["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
+                ),
+            ],
+            exception_handlers={HTTPException: self._http_exception},
+        )
+
+    async def _http_exception(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = "no such endpoint" if status == 404 else f"HTTP {status}"
+        if status == 405:
+            message = "method not allowed"
+        log.warning("error %s: %d %s", _where(request), status, message)
+        return _errors(status, message)
+
+    async def health(self, request: Request) -> Response:
+        body: dict[str, Any] = {
+            "status": "ok",
+            "token_label": self.settings.token_label,
+            "key_name": self.settings.key_name,
+            "key_version": None,
+        }
+        try:
+            body["key_version"] = await run_in_threadpool(self.token.current_version)
+        except ClawQLError as exc:
+            log.error("health %s: %s", _where(request), exc.message)
+            body["status"] = "unavailable"
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
+
+    async def dispatch(self, request: Request) -> Response:
+        try:
+            identity = self._authenticate(request)
+            return await self._route(request, identity)
+        except _Refusal as exc:
+            level = logging.WARNING if exc.status < 500 else logging.ERROR
+            log.log(level, "refused %s: %d %s", _where(request), exc.status, exc.message)
+            return _errors(exc.status, exc.message)
+        except Exception as exc:  # a bug: answer without detail, log the type only
+            log.error("error %s: 500 internal error (%s)", _where(request), type(exc).__name__)
+            return _errors(500, "internal error")
+
+    def _authenticate(self, request: Request) -> str:
+        tls = request.scope.get("extensions", {}).get("tls", {})
+        peercert = tls.get("client_cert")
+        try:
+            return client_identity(peercert, self.settings.allowed_uri_prefix)
+        except AuthenticationError as exc:
+            raise _Refusal(401 if not peercert else 403, exc.message) from exc
+
+    async def _route(self, request: Request, identity: str) -> Response:
+        rest = request.path_params["rest"]
+        if rest == "auth/token/renew-self":
+            raise _Refusal(
+                404,
+                "token renewal is not supported: callers authenticate with client "
+                'certificates; set disable_renewal = "true" in the seal stanza',
+            )
+        parts = rest.rsplit("/", 2)
+        if len(parts) != 3 or parts[1] not in ("encrypt", "decrypt"):
+            raise _Refusal(404, "no such endpoint")
+        mount, operation, key = parts
+        if mount != self.settings.mount:
+            raise _Refusal(404, f"no transit mount {mount[:64]!r} on this bridge")
+        if key != self.settings.key_name:
+            raise _Refusal(404, f"no key {key[:64]!r} on mount {mount!r}")
+        if request.method not in ("PUT", "POST"):
+            raise _Refusal(405, f"{operation} takes PUT or POST")
+        body = await self._read_json(request)
+        if operation == "encrypt":
+            return await self._encrypt(body, identity)
+        return await self._decrypt(body, identity)
+
+    async def _read_json(self, request: Request) -> dict[str, Any]:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise _Refusal(400, "invalid Content-Length")
+            if int(declared) > limit:
+                raise _Refusal(413, f"request body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _Refusal(413, f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+        try:
+            body = json.loads(b"".join(chunks))
+        except (ValueError, RecursionError) as exc:
+            raise _Refusal(400, "request body is not valid JSON") from exc
+        if not isinstance(body, dict):
+            raise _Refusal(400, "request body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _field(body: dict[str, Any], name: str) -> str:
+        unknown = sorted(set(body) - {name})
+        if unknown:
+            shown = ", ".join(repr(k[:40]) for k in unknown[:5])
+            raise _Refusal(400, f"unexpected field(s) {shown}; expected {name!r}")
+        value = body.get(name)
+        if not isinstance(value, str):
+            raise _Refusal(400, f"field {name!r} must be a string")
+        return value
+
+    async def _encrypt(self, body: dict[str, Any], identity: str) -> Response:
+        encoded = self._field(body, "plaintext")
+        try:
+            plaintext = base64.b64decode(encoded.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise _Refusal(400, "field 'plaintext' must be base64") from exc
+        aad = partial(envelope.aad_for, self.settings.mount, self.settings.key_name)
+        try:
+            version, blob = await run_in_threadpool(self.token.encrypt, plaintext, aad)
+        except HSMError as exc:
+            raise _Refusal(503, f"HSM failure: {exc.message}") from exc
+        log.info("encrypt by %s with %s v%d", identity, self.settings.key_name, version)
+        ciphertext = envelope.format_ciphertext(version, blob)
+        return JSONResponse({"data": {"ciphertext": ciphertext, "key_version": version}})
+
+    async def _decrypt(self, body: dict[str, Any], identity: str) -> Response:
+        text = self._field(body, "ciphertext")
+        try:
+            env = envelope.parse_ciphertext(text)
+        except InputError as exc:
+            raise _Refusal(400, f"invalid ciphertext: {exc.message}") from exc
+        aad = envelope.aad_for(self.settings.mount, self.settings.key_name, env.version)
+        try:
+            plaintext = await run_in_threadpool(self.token.decrypt, env.version, env.blob, aad)
+        except (DecryptionFailed, KeyVersionMissing) as exc:
+            raise _Refusal(400, exc.message) from exc
+        except HSMError as exc:
+            raise _Refusal(503, f"HSM failure: {exc.message}") from exc
+        log.info("decrypt by %s with %s v%d", identity, self.settings.key_name, env.version)
+        encoded = base64.b64encode(plaintext).decode("ascii")
+        return JSONResponse({"data": {"plaintext": encoded}})
+
+
+# -- transport: TLS, the peer certificate, the socket ----------------------------
+
+
+class ClientCertProtocol(H11Protocol):
+    """uvicorn's h11 protocol, plus the verified peer certificate in the ASGI scope.
+
+    uvicorn builds one protocol object per connection and calls ``self.app``
+    for each request on it, so wrapping ``self.app`` when the connection is
+    made attaches this connection's certificate to every request it carries.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        peercert = ssl_object.getpeercert() if ssl_object is not None else None
+        tls = {"client_cert": peercert or None}
+        inner = self.app
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            extensions = scope.setdefault("extensions", {})
+            extensions["tls"] = tls
+            await inner(scope, receive, send)
+
+        self.app = app
+
+
+def build_ssl_context(settings: BridgeSettings) -> ssl.SSLContext:
+    """Server TLS that requests a client certificate and trusts only ``client_ca``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the bridge certificate {settings.tls_cert} / key {settings.tls_key}",
+            fix="check tls_cert and tls_key exist and match",
+        ) from exc
+    try:
+        ctx.load_verify_locations(cafile=settings.client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the client CA {settings.client_ca}") from exc
+    # OPTIONAL, not REQUIRED: a caller without a certificate then reaches the
+    # app and gets a 401 and a log line instead of a silent reset.
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket, or ConfigError naming the port if it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only
+    # when it sees that proto, and without it Nagle plus delayed ACKs cost ~40 ms
+    # per response (measured: 23 requests/s instead of hundreds).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use",
+                fix="stop whatever listens there, or set another port in the bridge config",
+            ) from exc
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
+    return sock
+
+
+def make_server(settings: BridgeSettings, token: HSMToken) -> uvicorn.Server:
+    ctx = build_ssl_context(settings)
+    config = uvicorn.Config(
+        BridgeApp(settings, token).build(),
+        http=ClientCertProtocol,
+        ssl_context_factory=lambda _config, _default: ctx,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,  # X-Forwarded-For from a caller must not rename it in logs
+        server_header=False,
+        timeout_keep_alive=30,
+        h11_max_incomplete_event_size=_MAX_HEADER_BYTES,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(settings: BridgeSettings) -> None:
+    """Open the token and serve until SIGINT/SIGTERM."""
+    sock = bind_socket(settings.host, settings.port)
+    try:
+        with open_token(settings) as token:
+            server = make_server(settings, token)
+            version = token.current_version() if token.versions() else None
+            log.info(
+                "HSM bridge on https://%s:%d: mount %r, key %r (current version %s), token %r",
+                settings.host,
+                sock.getsockname()[1],
+                settings.mount,
+                settings.key_name,
+                version,
+                settings.token_label,
+            )
+            with _sigterm_exits_cleanly():
+                server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def _sigterm_exits_cleanly() -> Iterator[None]:
+    """Let SIGTERM unwind the stack so the token is logged out and finalised.
+
+    uvicorn drains connections on SIGTERM, restores the previous handler and
+    re-raises the signal; with the default handler the process would die
+    before the ``with open_token(...)`` block closes the session.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def running_in_thread(
+    settings: BridgeSettings, token: HSMToken, *, startup_timeout: float = 15.0
+) -> Iterator[str]:
+    """Serve in a background thread (tests, benchmarks); yields the base URL.
+
+    Waits until uvicorn is listening and always stops and joins the thread.
+    Port 0 picks a free port.
+    """
+    server = make_server(settings, token)
+    sock = bind_socket(settings.host, settings.port)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="hsm-bridge", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError("the HSM bridge did not start")
+            time.sleep(0.01)
+        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+        yield f"https://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
