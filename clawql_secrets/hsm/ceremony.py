@@ -422,6 +422,54 @@ def decrypt_share(encrypted: bytes, identity: Any, name: str = "share") -> bytes
     return data
 
 
+@dataclass
+class RecoveredKey:
+    """A key recombined from verified shares, not yet imported. Zero it when done."""
+
+    key: bytearray
+    key_name: str
+    key_version: int
+
+    def wipe(self) -> None:
+        _zero(self.key)
+
+
+def recombine(
+    decrypted_shares: Sequence[tuple[str, bytes]], *, pin: CeremonyPin | None = None
+) -> RecoveredKey:
+    """Steps 1-6 of a restore, without touching any token.
+
+    Callers open the token only after this succeeds, so refused shares leave
+    the token files byte-identical (a PKCS#11 login alone rewrites SoftHSM's
+    token.object).
+    """
+    # Steps 1-4 of parse_share for every share, naming the first bad one.
+    parsed = [(name, parse_share(data, name)) for name, data in decrypted_shares]
+    # Step 5: one ceremony, pinned or by majority; no duplicates; enough shares.
+    chosen = select_shares(parsed, pin)
+    # Step 6: recombine and check against the KCV before anything is imported.
+    key = combine(chosen)
+    if not hmac.compare_digest(key_check_value(key), chosen[0].key_check_value):
+        _zero(key)
+        raise IntegrityError(
+            "the recombined key does not match the ceremony's key check value: nothing written"
+        )
+    return RecoveredKey(key, chosen[0].key_name, chosen[0].key_version)
+
+
+def import_recovered(recovered: RecoveredKey, token: HSMToken) -> int:
+    """Step 7: import under the original version (refused if it exists); wipes the key."""
+    try:
+        if recovered.key_name != token.key_name:
+            raise InputError(
+                f"the shares are for key {recovered.key_name!r}, the token handle for "
+                f"{token.key_name!r}"
+            )
+        return token.import_version(recovered.key, recovered.key_version)
+    finally:
+        recovered.wipe()
+
+
 def restore(
     decrypted_shares: Sequence[tuple[str, bytes]],
     token: HSMToken,
@@ -434,23 +482,4 @@ def restore(
     ``threshold`` distinct shares of one ceremony are present, and the
     combined key matches the key check value. Returns the version restored.
     """
-    # Steps 1-4 of parse_share for every share, naming the first bad one.
-    parsed = [(name, parse_share(data, name)) for name, data in decrypted_shares]
-    # Step 5: one ceremony, pinned or by majority; no duplicates; enough shares.
-    chosen = select_shares(parsed, pin)
-    # Step 6: recombine and check against the KCV before anything is imported.
-    key = combine(chosen)
-    try:
-        if not hmac.compare_digest(key_check_value(key), chosen[0].key_check_value):
-            raise IntegrityError(
-                "the recombined key does not match the ceremony's key check value: nothing written"
-            )
-        if chosen[0].key_name != token.key_name:
-            raise InputError(
-                f"the shares are for key {chosen[0].key_name!r}, the token handle for "
-                f"{token.key_name!r}"
-            )
-        # Step 7: import under the original version (refused if it exists).
-        return token.import_version(key, chosen[0].key_version)
-    finally:
-        _zero(key)
+    return import_recovered(recombine(decrypted_shares, pin=pin), token)

@@ -189,7 +189,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
             shares.append((path.name, path.read_bytes()))
         except OSError as exc:
             raise ConfigError(f"cannot read the share file {path}") from exc
-    with bridge.open_token(settings) as token:
-        version = ceremony.restore(shares, token, pin=pin)
+    # Verify and recombine first: a refused restore never opens the token.
+    recovered = ceremony.recombine(shares, pin=pin)
+    try:
+        with bridge.open_token(settings) as token:
+            version = ceremony.import_recovered(recovered, token)
+    finally:
+        recovered.wipe()
     print(f"restored key {settings.key_name!r} v{version} into token {settings.token_label!r}")
     return 0
