@@ -28,29 +28,37 @@ age-plugin-yubikey) and only gives the PUBLIC key (age1...) to the operator.
 """
 
 
-def parse_recipient(text: str) -> pyrage.x25519.Recipient:
+def parse_recipient(text: str, what: str = "holder") -> pyrage.x25519.Recipient:
     try:
         return pyrage.x25519.Recipient.from_str(text.strip())
     except (pyrage.RecipientError, ValueError) as exc:
         raise InputError(
-            f"not an age X25519 public key: {text.strip()[:12]}...",
+            f"{what} is not an age X25519 public key",
             fix="give the holder's public key, starting with 'age1'",
         ) from exc
 
 
+def parse_recipients(texts: list[str] | tuple[str, ...]) -> list[pyrage.x25519.Recipient]:
+    """Every holder once: two shares to one person would quietly lower the threshold."""
+    keys = [t.strip() for t in texts]
+    if len(set(keys)) != len(keys):
+        raise InputError("a key holder is listed twice: every share needs its own holder")
+    return [parse_recipient(k, f"holder {i}") for i, k in enumerate(keys, start=1)]
+
+
 def load_identity(path: Path) -> pyrage.x25519.Identity:
+    """An age X25519 identity from a key file (comments and blank lines allowed)."""
     try:
-        lines = [
-            ln.strip()
-            for ln in path.read_text().splitlines()
-            if ln.strip() and not ln.startswith("#")
-        ]
-        return pyrage.x25519.Identity.from_str(lines[0])
-    except (OSError, IndexError, pyrage.IdentityError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot read an age identity from {path}",
-            fix="pass the file holding your AGE-SECRET-KEY-1... line",
-        ) from exc
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"the identity file {path} cannot be read") from exc
+    keys = [ln.strip() for ln in lines if ln.strip().startswith("AGE-SECRET-KEY-")]
+    if len(keys) != 1:
+        raise InputError(f"{path} must hold exactly one AGE-SECRET-KEY line")
+    try:
+        return pyrage.x25519.Identity.from_str(keys[0])
+    except (pyrage.IdentityError, ValueError) as exc:
+        raise InputError(f"{path} does not hold a valid age identity") from exc
 
 
 def encrypt_to(recipient: pyrage.x25519.Recipient, data: bytes) -> bytes:

@@ -70,7 +70,7 @@ def initialise(
     """Run steps 1-4 above against an uninitialised cluster."""
     if len(recipients) != shares:
         raise OpenBaoError(f"{shares} recovery shares need {shares} holders, got {len(recipients)}")
-    parsed = [holders.parse_recipient(r) for r in recipients]  # fail before init
+    parsed = holders.parse_recipients(recipients)  # fail before init
     # 1. init
     resp = client.request(
         "PUT",

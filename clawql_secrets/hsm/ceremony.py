@@ -43,12 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyrage
 import rfc8785
 from Crypto.Protocol.SecretSharing import Shamir
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from clawql_secrets import holders as holders_mod
 from clawql_secrets.errors import ConfigError, InputError, IntegrityError
 from clawql_secrets.hsm.token import KEY_BYTES, HSMToken
 from clawql_secrets.tlsca import write_private
@@ -267,18 +267,6 @@ class CeremonyResult:
     share_paths: tuple[Path, ...]
 
 
-def _parse_recipients(holders: Sequence[str]) -> list[Any]:
-    if len(set(holders)) != len(holders):
-        raise InputError("a key holder is listed twice: every share needs its own holder")
-    recipients = []
-    for i, holder in enumerate(holders, start=1):
-        try:
-            recipients.append(pyrage.x25519.Recipient.from_str(holder.strip()))
-        except (pyrage.RecipientError, ValueError) as exc:
-            raise InputError(f"holder {i} is not an age X25519 public key (age1...)") from exc
-    return recipients
-
-
 def ceremony(
     token: HSMToken,
     holders: Sequence[str],
@@ -294,7 +282,7 @@ def ceremony(
             f"need 2 <= threshold <= holders <= {_MAX_SHARES} (threshold {threshold}, "
             f"{total} holders)"
         )
-    recipients = _parse_recipients(holders)
+    recipients = holders_mod.parse_recipients(list(holders))
     try:
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
@@ -335,7 +323,7 @@ def ceremony(
                 "ceremony_public_key": public_key,
             }
             doc["signature"] = _b64(signer.sign(_signing_input(doc)))
-            encrypted.append(pyrage.encrypt(json.dumps(doc).encode(), [recipient]))
+            encrypted.append(holders_mod.encrypt_to(recipient, json.dumps(doc).encode()))
         # Stage every file first: nothing is imported unless all shares exist.
         staged = [p.with_name(f".{p.name}.staged") for p in share_paths]
         try:
@@ -393,31 +381,11 @@ def load_pin(manifest_path: Path) -> CeremonyPin:
     return pin
 
 
-def read_identity(identity_file: Path) -> Any:
-    """An age X25519 identity from a key file (comments and blank lines allowed)."""
-    try:
-        lines = identity_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"the identity file {identity_file} cannot be read") from exc
-    keys = [ln.strip() for ln in lines if ln.strip().startswith("AGE-SECRET-KEY-")]
-    if len(keys) != 1:
-        raise InputError(f"{identity_file} must hold exactly one AGE-SECRET-KEY line")
-    try:
-        return pyrage.x25519.Identity.from_str(keys[0])
-    except (pyrage.IdentityError, ValueError) as exc:
-        raise InputError(f"{identity_file} does not hold a valid age identity") from exc
-
-
 def decrypt_share(encrypted: bytes, identity: Any, name: str = "share") -> bytes:
     """A holder's step: open their encrypted share (age) to the signed JSON document."""
     if len(encrypted) > _MAX_SHARE_FILE:
         raise InputError(f"{name} is too large to be a share")
-    try:
-        data = bytes(pyrage.decrypt(encrypted, [identity]))
-    except pyrage.DecryptError as exc:
-        raise IntegrityError(
-            f"{name} cannot be decrypted with this identity (altered, or for another holder)"
-        ) from exc
+    data = holders_mod.decrypt_with(identity, encrypted, name)
     parse_share(data, name)  # fail early for the holder, not only at restore
     return data
 

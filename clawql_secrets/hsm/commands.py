@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from clawql_secrets import holders
 from clawql_secrets.errors import ConfigError, InputError
 from clawql_secrets.hsm import bridge, ceremony, softhsm
 from clawql_secrets.tlsca import write_private
@@ -167,7 +168,7 @@ def cmd_ceremony(args: argparse.Namespace) -> int:
 
 
 def cmd_share_decrypt(args: argparse.Namespace) -> int:
-    identity = ceremony.read_identity(args.identity)
+    identity = holders.load_identity(args.identity)
     try:
         encrypted = args.share_file.read_bytes()
     except OSError as exc:
