@@ -17,8 +17,8 @@ status:
 	$(VENV)/clawql-secrets status
 
 lint: bootstrap
-	$(VENV)/ruff check clawql_secrets tests
-	$(VENV)/ruff format --check clawql_secrets tests
+	$(VENV)/ruff check clawql_secrets tests benchmarks
+	$(VENV)/ruff format --check clawql_secrets tests benchmarks
 	$(VENV)/mypy
 
 test: lint

@@ -8,7 +8,8 @@ Order matters and is the point of this module:
    written; the clear shares are dropped.
 3. With the initial root token (memory only, never on disk): tune autopilot,
    enable KV v2, the ``workload`` JWT auth mount trusting the platform's
-   workload issuer, and the ``clawql-operator`` role and policy.
+   workload issuer, and the service identities (operator, break-glass,
+   provisioner, approval controller), each a role bound to one subject.
 4. Revoke the root token. From here on every identity comes from a JWT login.
 """
 
@@ -25,22 +26,25 @@ from clawql_secrets.issuer import LocalIssuer
 
 WORKLOAD_MOUNT = "workload"
 WORKLOAD_AUDIENCE = "openbao"
-OPERATOR_ROLE = "operator"
-OPERATOR_SUBJECT = "clawql-operator"
-OPERATOR_POLICY = "clawql-operator"
-BREAKGLASS_ROLE = "breakglass"
-BREAKGLASS_SUBJECT = "clawql-breakglass"
-BREAKGLASS_POLICY = "clawql-breakglass"
 
-# Starting root-token generation needs this identity AND a quorum of recovery shares.
-BREAKGLASS_POLICY_HCL = """\
-path "sys/generate-root-token/attempt" { capabilities = ["read", "update", "delete"] }
-path "sys/generate-root-token/update" { capabilities = ["update"] }
-"""
+
+@dataclass(frozen=True)
+class WorkloadIdentity:
+    """A service identity: a JWT role on the ``workload`` mount bound to one subject."""
+
+    role: str
+    subject: str
+    policy: str
+    hcl: str
+
 
 # The operator runs the cluster; it can neither write policies (only the approval
 # controller can) nor read any tenant's secrets.
-OPERATOR_POLICY_HCL = """\
+OPERATOR = WorkloadIdentity(
+    role="operator",
+    subject="clawql-operator",
+    policy="clawql-operator",
+    hcl="""\
 # clawql-operator: cluster health and the operations KV area, nothing else.
 path "sys/storage/raft/autopilot/state" { capabilities = ["read"] }
 path "sys/storage/raft/configuration" { capabilities = ["read"] }
@@ -49,7 +53,61 @@ path "secret/data/ops/*" { capabilities = ["create", "read", "update", "delete"]
 path "secret/metadata/ops/*" { capabilities = ["read", "list", "delete"] }
 path "sys/policies/*" { capabilities = ["deny"] }
 path "sys/policy/*" { capabilities = ["deny"] }
-"""
+""",
+)
+
+# Starting root-token generation needs this identity AND a quorum of recovery shares.
+BREAKGLASS = WorkloadIdentity(
+    role="breakglass",
+    subject="clawql-breakglass",
+    policy="clawql-breakglass",
+    hcl="""\
+path "sys/generate-root-token/attempt" { capabilities = ["read", "update", "delete"] }
+path "sys/generate-root-token/update" { capabilities = ["update"] }
+""",
+)
+
+# The provisioner applies desired state (mounts, auth roles, engines). It reads
+# policies to diff them but cannot write one, and cannot use what it configures:
+# no credentials, certificates, identity tokens or injected secret values.
+PROVISIONER = WorkloadIdentity(
+    role="provisioner",
+    subject="clawql-provisioner",
+    policy="clawql-provisioner",
+    hcl="""\
+path "sys/mounts" { capabilities = ["read", "list"] }
+path "sys/mounts/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "sys/auth" { capabilities = ["read", "list"] }
+path "sys/auth/*" { capabilities = ["create", "read", "update", "delete", "sudo"] }
+path "sys/policies/acl" { capabilities = ["list"] }
+path "sys/policies/acl/*" { capabilities = ["read", "list"] }
+path "auth/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "auth/token/*" { capabilities = ["deny"] }
+path "database/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "database/creds/*" { capabilities = ["deny"] }
+path "pki*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "pki/issue/*" { capabilities = ["deny"] }
+path "pki_int/issue/*" { capabilities = ["deny"] }
+path "identity/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "identity/oidc/token/*" { capabilities = ["deny"] }
+path "secret/metadata/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "sys/policies/acl/*" { capabilities = ["read", "list"] }
+""",
+)
+
+# Only the approval controller writes policies, after two distinct approvals.
+APPROVAL_CONTROLLER = WorkloadIdentity(
+    role="approval-controller",
+    subject="clawql-approval-controller",
+    policy="clawql-approval-controller",
+    hcl="""\
+path "sys/policies/acl" { capabilities = ["list"] }
+path "sys/policies/acl/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "sys/policies/acl/clawql-*" { capabilities = ["deny"] }
+""",
+)
+
+IDENTITIES = (OPERATOR, BREAKGLASS, PROVISIONER, APPROVAL_CONTROLLER)
 
 
 @dataclass(frozen=True)
@@ -115,20 +173,16 @@ def _configure(client: OpenBaoClient, root: str, issuer: LocalIssuer) -> None:
         f"auth/{WORKLOAD_MOUNT}/config",
         {"jwt_validation_pubkeys": [issuer.public_pem()], "bound_issuer": issuer.issuer},
     )
-    w(f"sys/policies/acl/{OPERATOR_POLICY}", {"policy": OPERATOR_POLICY_HCL})
-    w(f"sys/policies/acl/{BREAKGLASS_POLICY}", {"policy": BREAKGLASS_POLICY_HCL})
-    for role, subject, policy in (
-        (OPERATOR_ROLE, OPERATOR_SUBJECT, OPERATOR_POLICY),
-        (BREAKGLASS_ROLE, BREAKGLASS_SUBJECT, BREAKGLASS_POLICY),
-    ):
+    for ident in IDENTITIES:
+        w(f"sys/policies/acl/{ident.policy}", {"policy": ident.hcl})
         w(
-            f"auth/{WORKLOAD_MOUNT}/role/{role}",
+            f"auth/{WORKLOAD_MOUNT}/role/{ident.role}",
             {
                 "role_type": "jwt",
                 "bound_audiences": [WORKLOAD_AUDIENCE],
-                "bound_subject": subject,
+                "bound_subject": ident.subject,
                 "user_claim": "sub",
-                "token_policies": [policy],
+                "token_policies": [ident.policy],
                 "token_ttl": "15m",
                 "token_max_ttl": "1h",
                 "token_type": "service",
@@ -136,22 +190,20 @@ def _configure(client: OpenBaoClient, root: str, issuer: LocalIssuer) -> None:
         )
 
 
-def operator_login(
-    client: OpenBaoClient,
-    issuer: LocalIssuer,
-    *,
-    role: str = OPERATOR_ROLE,
-    subject: str = OPERATOR_SUBJECT,
-) -> str:
-    """A short-lived token from a freshly minted workload JWT (operator by default)."""
-    token_jwt = issuer.mint(subject, WORKLOAD_AUDIENCE, ttl=60)
+def login(client: OpenBaoClient, issuer: LocalIssuer, identity: WorkloadIdentity) -> str:
+    """A short-lived token for ``identity`` from a freshly minted workload JWT."""
+    token_jwt = issuer.mint(identity.subject, WORKLOAD_AUDIENCE, ttl=60)
     resp = client.request(
         "POST",
         f"auth/{WORKLOAD_MOUNT}/login",
-        body={"role": role, "jwt": token_jwt},
+        body={"role": identity.role, "jwt": token_jwt},
         token="",
     )
     token = str((resp.get("auth") or {}).get("client_token", ""))
     if not token:
-        raise OpenBaoError("operator login returned no token")
+        raise OpenBaoError(f"login as {identity.role} returned no token")
     return token
+
+
+def operator_login(client: OpenBaoClient, issuer: LocalIssuer) -> str:
+    return login(client, issuer, OPERATOR)

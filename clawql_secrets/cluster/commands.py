@@ -272,9 +272,7 @@ def _bg_root(args: argparse.Namespace) -> int:
     settings = _settings(args)
     issuer = LocalIssuer.load_or_create(settings.issuer_dir, stack.ISSUER_URL)
     with stack.client_for(settings) as client:
-        token = bootstrap.operator_login(
-            client, issuer, role=bootstrap.BREAKGLASS_ROLE, subject=bootstrap.BREAKGLASS_SUBJECT
-        )
+        token = bootstrap.login(client, issuer, bootstrap.BREAKGLASS)
         try:
             out = breakglass.run_once(client, shares, op, token=token, print_ttl=args.print_token)
         finally:

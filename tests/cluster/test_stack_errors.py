@@ -47,7 +47,7 @@ def test_non_loopback_host_refused(tmp_path: Path) -> None:
 
 def test_corrupt_settings_file_named(tmp_path: Path) -> None:
     (tmp_path / "stack.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="stack.json"):
+    with pytest.raises(ConfigError, match=r"stack\.json"):
         stack.load_settings(tmp_path)
 
 
