@@ -9,7 +9,7 @@ Order matters and is the point of this module:
 3. With the initial root token (memory only, never on disk): tune autopilot,
    enable KV v2, the ``workload`` JWT auth mount trusting the platform's
    workload issuer, and the service identities (operator, break-glass,
-   provisioner, approval controller), each a role bound to one subject.
+   provisioner, approval controller, gateway), each a role bound to one subject.
 4. Revoke the root token. From here on every identity comes from a JWT login.
 """
 
@@ -107,7 +107,22 @@ path "sys/policies/acl/clawql-*" { capabilities = ["deny"] }
 """,
 )
 
-IDENTITIES = (OPERATOR, BREAKGLASS, PROVISIONER, APPROVAL_CONTROLLER)
+# The gateway's own identity: it ends sessions (revokes their leases and tokens by
+# id/accessor) but obtains no credential itself — those come from the agents' own
+# JWT logins, so OpenBao re-checks authorization on every tool call.
+GATEWAY = WorkloadIdentity(
+    role="gateway",
+    subject="clawql-gateway",
+    policy="clawql-gateway",
+    hcl="""\
+path "sys/leases/lookup" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }
+path "auth/token/revoke-accessor" { capabilities = ["update"] }
+path "auth/token/lookup-accessor" { capabilities = ["update"] }
+""",
+)
+
+IDENTITIES = (OPERATOR, BREAKGLASS, PROVISIONER, APPROVAL_CONTROLLER, GATEWAY)
 
 
 @dataclass(frozen=True)
