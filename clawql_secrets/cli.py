@@ -10,6 +10,7 @@ and exits 2 with its type only, never a value that might be a secret.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -50,6 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A bug. Its message might quote a value (even a secret): show the type only,
+        # unless the operator asked for the traceback.
+        if os.environ.get("CLAWQL_DEBUG"):
+            raise
+        print(
+            f"internal error ({type(exc).__name__}); rerun with CLAWQL_DEBUG=1 for details",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

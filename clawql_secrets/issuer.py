@@ -38,6 +38,16 @@ class LocalIssuer:
         self.kid = hashlib.sha256(pub).hexdigest()[:16]
 
     @classmethod
+    def load(cls, directory: Path, issuer: str) -> LocalIssuer:
+        """The existing issuer; never creates a key (status, CLI commands)."""
+        if not (directory / "signing.key").exists():
+            raise ConfigError(
+                f"no issuer key in {directory}",
+                fix="run `clawql-secrets up` first (it creates the local stack's identities)",
+            )
+        return cls.load_or_create(directory, issuer)
+
+    @classmethod
     def load_or_create(cls, directory: Path, issuer: str) -> LocalIssuer:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_path = directory / "signing.key"

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from clawql_secrets.errors import InputError, NotLeaderError, OpenBaoError
+from clawql_secrets.errors import ConfigError, InputError, NotLeaderError, OpenBaoError
 
 _RETRYABLE = frozenset({307, 412, 429, 500, 502, 503, 504})
 JSON = dict[str, Any]
@@ -42,8 +42,15 @@ class OpenBaoClient:
         self.addrs = list(addrs)
         self.token = token
         self.retry_for = retry_for
+        try:
+            verify = ssl.create_default_context(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load the CA certificate {ca} that verifies OpenBao",
+                fix="check the path; for the local stack run `clawql-secrets up` first",
+            ) from exc
         self._http = httpx.Client(
-            verify=ssl.create_default_context(cafile=str(ca)),
+            verify=verify,
             timeout=timeout,
             follow_redirects=False,
             trust_env=False,

@@ -270,7 +270,7 @@ def _bg_root(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InputError(f"cannot read share file {path}") from exc
     settings = _settings(args)
-    issuer = LocalIssuer.load_or_create(settings.issuer_dir, stack.ISSUER_URL)
+    issuer = LocalIssuer.load(settings.issuer_dir, stack.ISSUER_URL)
     with stack.client_for(settings) as client:
         token = bootstrap.login(client, issuer, bootstrap.BREAKGLASS)
         try:

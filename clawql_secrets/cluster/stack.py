@@ -399,6 +399,10 @@ def child_pid(settings: StackSettings, name: str) -> int | None:
 # -- status ----------------------------------------------------------------------------
 def status(settings: StackSettings) -> dict[str, Any]:
     s = settings
+    if not s.settings_file.exists():
+        raise ConfigError(
+            f"no local stack in {s.data_dir}", fix="run `clawql-secrets up` (or pass --data-dir)"
+        )
     out: dict[str, Any] = {"data_dir": str(s.data_dir), "supervisor_pid": supervisor_pid(s)}
     state = read_state(s) or {}
     raw_children = state.get("children")
@@ -407,7 +411,7 @@ def status(settings: StackSettings) -> dict[str, Any]:
     with client_for(s, retry_for=2) as client:
         auto: dict[str, Any] = {}
         try:
-            issuer = LocalIssuer.load_or_create(s.issuer_dir, ISSUER_URL)
+            issuer = LocalIssuer.load(s.issuer_dir, ISSUER_URL)
             auto = autopilot_state(client, issuer).get("servers", {})
         except ClawQLError as exc:
             out["raft_error"] = exc.message

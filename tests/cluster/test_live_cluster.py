@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -214,8 +215,13 @@ def test_restart_everything_auto_unseals_without_input(
 ) -> None:
     client, token = ops
     client.write("secret/data/ops/survives", {"data": {"v": 1}}, token=token)
+    children = [stack.child_pid(live_stack, n) for n in (*NODE_IDS, "bridge")]
+    assert all(children)
     assert stack.down(live_stack)
     assert stack.supervisor_pid(live_stack) is None
+    for pid in children:  # everything it started is gone
+        assert pid is not None
+        assert not Path(f"/proc/{pid}").exists() or b"zombie" in _proc_state(pid)
     res = stack.up(live_stack)
     assert not res.initialised_now
     wait_healthy(live_stack)
@@ -223,6 +229,13 @@ def test_restart_everything_auto_unseals_without_input(
     with stack.client_for(live_stack, retry_for=30) as c:
         tok = bootstrap.operator_login(c, issuer)
         assert c.read("secret/data/ops/survives", token=tok)["data"]["data"] == {"v": 1}
+
+
+def _proc_state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/status").read_bytes()
+    except OSError:
+        return b"zombie"
 
 
 def _restarts(s: StackSettings, name: str) -> int:

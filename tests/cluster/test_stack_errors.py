@@ -62,3 +62,16 @@ def test_cli_reports_error_and_exits_nonzero(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_status_of_a_missing_stack_says_so(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "clawql_secrets", "status", "--data-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "no local stack" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "none").exists()  # status creates nothing
