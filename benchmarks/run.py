@@ -10,7 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-MODULES = ["benchmarks.bench_hsm", "benchmarks.bench_cluster", "benchmarks.bench_audit"]
+MODULES = [
+    "benchmarks.bench_hsm",
+    "benchmarks.bench_cluster",
+    "benchmarks.bench_audit",
+    "benchmarks.bench_redact",
+]
 
 
 def _machine() -> str:
