@@ -23,6 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     from clawql_secrets.audit import commands as audit_commands
     from clawql_secrets.cluster import commands as cluster_commands
+    from clawql_secrets.gateway import commands as gateway_commands
     from clawql_secrets.hsm import commands as hsm_commands
 
     parser = argparse.ArgumentParser(
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_commands.register_breakglass(sub)
     hsm_commands.register(sub)
     audit_commands.register(sub)
+    gateway_commands.register(sub)
     return parser
 
 

@@ -1,0 +1,471 @@
+"""The gateway's core: verify, exchange, run a tool, and end sessions.
+
+Synchronous on purpose: one tool call is a short chain of blocking calls
+(OpenBao login, maybe a creds read, a SQL query) run in one worker thread by
+the ASGI layer, so the token of a call lives in one stack frame and is gone
+when the frame returns.
+
+Per tool call (see docs/adr/0005-per-call-batch-token-exchange.md):
+
+1. Verify the session JWT locally (``jwt_check``) and refuse an ended session.
+2. JWT login to OpenBao on the sessions mount with the same JWT and the
+   agent's role: a batch token, so OpenBao re-checks the identity on every
+   call at no raft write; the login's tenant/role must match the JWT.
+3. Run the tool; a first use creates the session's resources on this replica
+   (credentials read with the agent's token, leases recorded in the registry).
+4. Drop the token: nothing keeps a reference once the call returns.
+
+Ending a session (DELETE, admin revoke, sweeper): flip the registry state,
+revoke every lease with the gateway's own identity (a fresh login per batch,
+its token revoked right after), close this replica's resources. Another
+replica notices at its next sweep or call and closes its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from clawql_secrets.cluster.client import OpenBaoClient
+from clawql_secrets.errors import ClawQLError, ConfigError, NotLeaderError, OpenBaoError
+from clawql_secrets.gateway import jwt_check
+from clawql_secrets.gateway.config import GatewayConfig
+from clawql_secrets.gateway.errors import (
+    AccessDenied,
+    BackendUnavailable,
+    RequestRejected,
+    TokenRejected,
+)
+from clawql_secrets.gateway.jwt_check import JWTLimits, JWTPolicy, KeySet, SessionClaims
+from clawql_secrets.gateway.metrics import Metrics
+from clawql_secrets.gateway.registry import ACTIVE, Registry
+from clawql_secrets.gateway.tools import Resource, Tool
+from clawql_secrets.issuer import LocalIssuer
+
+log = logging.getLogger("clawql_secrets.gateway")
+R = TypeVar("R", bound=Resource)
+
+
+class _Token:
+    """An OpenBao token that never prints itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def drop(self) -> None:
+        self._value = ""
+
+    def __repr__(self) -> str:
+        return "_Token(<redacted>)"
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    lease_id: str
+    lease_duration: int
+    data: Mapping[str, Any]
+
+    def __repr__(self) -> str:
+        return f"LeaseInfo(lease_id={self.lease_id!r}, lease_duration={self.lease_duration})"
+
+
+@dataclass
+class _LocalSession:
+    """What this replica holds for one session: resources with credentials inside."""
+
+    claims: SessionClaims
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    resources: dict[str, Resource] = field(default_factory=dict)
+
+    def close(self) -> None:
+        with self.lock:
+            items = list(self.resources.values())
+            self.resources.clear()
+        for res in items:
+            with contextlib.suppress(Exception):
+                res.close()
+
+
+class JWKSCache:
+    """The session issuer's JWKS, reloaded (at most every ``min_interval``) on unknown kid."""
+
+    def __init__(self, path: Path, *, min_interval: float = 10.0) -> None:
+        self._path = path
+        self._min = min_interval
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()
+        self.keys = self._load()
+
+    def _load(self) -> KeySet:
+        import json
+
+        try:
+            doc = json.loads(self._path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"the JWKS file {self._path} cannot be read ({type(exc).__name__})",
+                fix="point the gateway at the session issuer's jwks.json",
+            ) from exc
+        self._loaded_at = time.monotonic()
+        return KeySet(doc)
+
+    def for_kid(self, kid: object) -> KeySet:
+        if kid in self.keys:
+            return self.keys
+        with self._lock:
+            if time.monotonic() - self._loaded_at >= self._min:
+                with contextlib.suppress(ClawQLError):
+                    self.keys = self._load()
+        return self.keys
+
+
+class _Context:
+    """The ``ToolContext`` of one call: reads with the agent's token, never exposes it."""
+
+    def __init__(self, gw: Gateway, claims: SessionClaims, token: _Token, local: _LocalSession):
+        self.claims = claims
+        self._gw = gw
+        self._token = token
+        self._local = local
+
+    def read_secret(self, path: str) -> LeaseInfo:
+        try:
+            resp = self._gw.bao.read(path, token=self._token.reveal())
+        except NotLeaderError as exc:
+            raise BackendUnavailable("openbao_unavailable", "OpenBao is unavailable") from exc
+        except OpenBaoError as exc:
+            if exc.status == 403:
+                raise AccessDenied(
+                    "openbao_denied", f"OpenBao does not allow this session to read {path}"
+                ) from exc
+            raise BackendUnavailable(
+                "openbao_error", f"OpenBao failed to answer a read of {path}", status=502
+            ) from exc
+        lease = LeaseInfo(
+            str(resp.get("lease_id") or ""),
+            int(resp.get("lease_duration") or 0),
+            dict(resp.get("data") or {}),
+        )
+        resp.clear()
+        if lease.lease_id and not self._gw.registry.add_lease(self.claims.sid, lease.lease_id):
+            # The session ended while the credential was being created: kill it now.
+            self._gw.revoke_leases(self.claims.sid, [lease.lease_id])
+            raise TokenRejected("session_ended", "this session has ended")
+        if lease.lease_id:
+            self._gw.metrics.leases.inc()
+        return lease
+
+    def resource(self, key: str, create: Callable[[], R]) -> R:
+        with self._local.lock:
+            res = self._local.resources.get(key)
+            if res is None:
+                res = create()
+                self._local.resources[key] = res
+        return res  # type: ignore[return-value]
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        bao: OpenBaoClient,
+        registry: Registry,
+        tools: Mapping[str, Tool],
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.bao = bao
+        self.registry = registry
+        self.tools = dict(tools)
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        s = config.sessions
+        self.jwks = JWKSCache(s.jwks_file)
+        self.session_policy = JWTPolicy(
+            s.issuer,
+            s.audience,
+            limits=JWTLimits(s.max_token_bytes, s.clock_skew, s.max_lifetime),
+        )
+        self.admin_keys: KeySet | None = None
+        if config.admin is not None:
+            self.admin_keys = JWKSCache(config.admin.jwks_file).keys
+        self._local: dict[str, _LocalSession] = {}
+        self._local_lock = threading.Lock()
+        self.metrics.active.set_function(self._count_active)
+
+    def _count_active(self) -> float:
+        try:
+            return float(self.registry.count_active())
+        except ClawQLError:
+            return float("nan")
+
+    # -- authentication ----------------------------------------------------------
+    def verify_session(self, bearer: str) -> SessionClaims:
+        """Step 1: local verification (the registry state is checked by the caller)."""
+        return jwt_check.verify_session(
+            bearer, self.jwks.for_kid(_peek_kid(bearer)), self.session_policy, now=self.clock()
+        )
+
+    def verify_admin(self, bearer: str) -> str:
+        if self.config.admin is None or self.admin_keys is None:
+            raise AccessDenied("admin_disabled", "no admin identity is configured")
+        a = self.config.admin
+        claims = jwt_check.verify(
+            bearer,
+            self.admin_keys,
+            JWTPolicy(a.issuer, a.audience, limits=self.session_policy.limits),
+            now=self.clock(),
+        )
+        if claims.get("sub") not in a.subjects:
+            raise AccessDenied("not_admin", "this identity is not a gateway admin")
+        return str(claims["sub"])
+
+    def is_admin_token(self, bearer: str) -> bool:
+        """Routing only (no trust): does the token claim to come from the admin issuer?"""
+        if self.config.admin is None:
+            return False
+        return _peek_claim(bearer, "iss") == self.config.admin.issuer
+
+    # -- exchange ------------------------------------------------------------------
+    def _login(self, bearer: str, claims: SessionClaims) -> _Token:
+        """Step 2: the same JWT for a batch token of the agent's role."""
+        s = self.config.sessions
+        role = s.role_template.format(agent_role=claims.agent_role, tenant=claims.tenant)
+        try:
+            resp = self.bao.request(
+                "POST", f"auth/{s.mount}/login", body={"role": role, "jwt": bearer}, token=""
+            )
+        except NotLeaderError as exc:
+            self.metrics.exchanges.labels("unavailable").inc()
+            raise BackendUnavailable("openbao_unavailable", "OpenBao is unavailable") from exc
+        except OpenBaoError as exc:
+            self.metrics.exchanges.labels("refused").inc()
+            if exc.status in (400, 403):
+                raise AccessDenied(
+                    "exchange_refused", "OpenBao refused this session's login"
+                ) from exc
+            raise BackendUnavailable(
+                "openbao_error", "OpenBao failed the login", status=502
+            ) from exc
+        auth = resp.pop("auth", None) or {}
+        token = _Token(str(auth.pop("client_token", "") or ""))
+        meta = auth.get("metadata") or {}
+        auth.clear()
+        if not token.reveal():
+            raise BackendUnavailable(
+                "openbao_error", "OpenBao's login returned no token", status=502
+            )
+        if meta.get("tenant") != claims.tenant or meta.get("agent_role") != claims.agent_role:
+            token.drop()
+            self.metrics.exchanges.labels("mismatch").inc()
+            raise AccessDenied(
+                "exchange_mismatch", "OpenBao's identity for this session does not match the JWT"
+            )
+        self.metrics.exchanges.labels("ok").inc()
+        return token
+
+    # -- tool calls --------------------------------------------------------------------
+    def call_tool(self, bearer: str, tool_name: str, args: Any) -> dict[str, Any]:
+        tool = self.tools.get(tool_name)
+        label = tool_name if tool else "unknown"
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            claims = self.verify_session(bearer)
+            if tool is None:
+                raise RequestRejected(
+                    "unknown_tool", f"no tool named {tool_name[:64]!r}", status=404
+                )
+            try:
+                parsed = tool.args_model.model_validate(args)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "(body)"
+                raise RequestRejected(
+                    "invalid_arguments", f"invalid arguments at {where}: {first['msg']}", status=422
+                ) from None
+            if self.registry.open(claims) != ACTIVE:
+                self._drop_local(claims.sid)
+                raise TokenRejected("session_ended", "this session has ended")
+            token = self._login(bearer, claims)
+            try:
+                local = self._local_session(claims)
+                result = tool.run(_Context(self, claims, token, local), parsed)
+            finally:
+                token.drop()  # step 4
+            outcome = "ok"
+            return result
+        except (AccessDenied, TokenRejected):
+            outcome = "denied"
+            raise
+        except RequestRejected:
+            outcome = "rejected"
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            self.metrics.calls.labels(label, outcome).inc()
+            self.metrics.latency.labels(label).observe(elapsed)
+            log.info("tool call tool=%s outcome=%s ms=%.1f", label, outcome, elapsed * 1000)
+
+    def _local_session(self, claims: SessionClaims) -> _LocalSession:
+        with self._local_lock:
+            local = self._local.get(claims.sid)
+            if local is None:
+                local = self._local[claims.sid] = _LocalSession(claims)
+            return local
+
+    def _drop_local(self, sid: str) -> None:
+        with self._local_lock:
+            local = self._local.pop(sid, None)
+        if local is not None:
+            local.close()
+
+    # -- sessions --------------------------------------------------------------------------
+    def session_info(self, sid: str) -> dict[str, Any]:
+        rec = self.registry.get(sid)
+        if rec is None:
+            raise RequestRejected("unknown_session", "no such session", status=404)
+        return {
+            "sid": rec.sid,
+            "state": rec.state,
+            "tenant": rec.tenant,
+            "agent": rec.agent,
+            "agent_role": rec.agent_role,
+            "expires_at": rec.exp,
+            "lease_count": len(rec.leases),
+            "ended_reason": rec.ended_reason or None,
+        }
+
+    def end_session(self, sid: str, *, exp: int, reason: str) -> dict[str, Any]:
+        """End ``sid`` everywhere: state first, then every lease, then local resources."""
+        started = time.perf_counter()
+        result = self.registry.end(sid, exp, reason)
+        self._drop_local(sid)
+        revoked = self.revoke_leases(sid, list(result.leases)) if result.leases else 0
+        if result.transitioned:
+            self.metrics.session_ends.labels(reason).inc()
+            log.info(
+                "session ended sid=%s reason=%s leases_revoked=%d ms=%.1f",
+                sid,
+                reason,
+                revoked,
+                (time.perf_counter() - started) * 1000,
+            )
+        return {"sid": sid, "state": "ended", "leases_revoked": revoked}
+
+    def revoke_leases(self, sid: str, lease_ids: list[str]) -> int:
+        """Revoke with the gateway's own identity; its token dies right after."""
+        if not lease_ids:
+            return 0
+        token = self._gateway_login()
+        done = 0
+        try:
+            for lease in lease_ids:
+                try:
+                    self.bao.write("sys/leases/revoke", {"lease_id": lease}, token=token.reveal())
+                except OpenBaoError as exc:
+                    log.warning("lease revoke failed sid=%s status=%s", sid, exc.status)
+                    continue
+                self.registry.lease_revoked(sid, lease)
+                self.metrics.leases_revoked.inc()
+                done += 1
+        finally:
+            with contextlib.suppress(ClawQLError):
+                self.bao.request(
+                    "POST", "auth/token/revoke-self", token=token.reveal(), retry_for=1
+                )
+            token.drop()
+        return done
+
+    def _gateway_login(self) -> _Token:
+        ident = self.config.identity
+        if ident.jwt_file is not None:
+            try:
+                workload_jwt = ident.jwt_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the gateway's workload JWT {ident.jwt_file}"
+                ) from exc
+        else:
+            if ident.local_issuer_dir is None or ident.local_issuer_url is None:
+                raise ConfigError("the gateway identity has no source")
+            issuer = LocalIssuer.load_or_create(ident.local_issuer_dir, ident.local_issuer_url)
+            workload_jwt = issuer.mint(ident.subject, ident.audience, ttl=60)
+        try:
+            resp = self.bao.request(
+                "POST",
+                f"auth/{ident.mount}/login",
+                body={"role": ident.role, "jwt": workload_jwt},
+                token="",
+            )
+        except OpenBaoError as exc:
+            raise BackendUnavailable(
+                "gateway_identity_failed", "the gateway could not log in to OpenBao"
+            ) from exc
+        token = _Token(str((resp.pop("auth", None) or {}).get("client_token", "") or ""))
+        if not token.reveal():
+            raise BackendUnavailable("gateway_identity_failed", "gateway login returned no token")
+        return token
+
+    def sweep(self) -> int:
+        """End expired sessions, retry unfinished revocations, close stale local resources."""
+        n = 0
+        now = self.clock()
+        for sid in self.registry.expired(now):
+            rec = self.registry.get(sid)
+            self.end_session(sid, exp=rec.exp if rec else int(now), reason="expired")
+            n += 1
+        for sid in self.registry.pending():
+            self.revoke_leases(sid, self.registry.leases(sid))
+        with self._local_lock:
+            local_sids = list(self._local)
+        for sid in local_sids:
+            rec = self.registry.get(sid)
+            if rec is None or rec.state != ACTIVE:
+                self._drop_local(sid)
+        return n
+
+    def close(self) -> None:
+        with self._local_lock:
+            sids = list(self._local)
+        for sid in sids:
+            self._drop_local(sid)
+
+
+def _peek(bearer: str, part: int) -> dict[str, Any]:
+    import base64
+    import json
+
+    try:
+        seg = bearer.split(".")[part]
+        value = json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _peek_kid(bearer: str) -> object:
+    if len(bearer) > 65536:
+        return None
+    return _peek(bearer, 0).get("kid")
+
+
+def _peek_claim(bearer: str, name: str) -> object:
+    if len(bearer) > 65536:
+        return None
+    return _peek(bearer, 1).get(name)

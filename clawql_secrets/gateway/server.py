@@ -1,0 +1,24 @@
+"""Wiring: a ``GatewayConfig`` → the ASGI app with its OpenBao client, registry and tools."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+
+from clawql_secrets.cluster.client import OpenBaoClient
+from clawql_secrets.gateway.app import build_app
+from clawql_secrets.gateway.config import GatewayConfig
+from clawql_secrets.gateway.core import Gateway
+from clawql_secrets.gateway.registry import RedisRegistry
+from clawql_secrets.gateway.tools import load_tools
+
+
+def build(cfg: GatewayConfig) -> tuple[Starlette, Gateway]:
+    bao = OpenBaoClient(
+        cfg.openbao.addrs,
+        cfg.openbao.ca_file,
+        timeout=cfg.openbao.timeout,
+        retry_for=cfg.openbao.retry_for,
+    )
+    registry = RedisRegistry(cfg.registry.redis_url, cfg.registry.prefix)
+    gw = Gateway(cfg, bao=bao, registry=registry, tools=load_tools(cfg))
+    return build_app(gw), gw

@@ -1,0 +1,79 @@
+"""Tool plugins: what an agent can call, discovered through entry points.
+
+A plugin is an entry point in the group ``clawql_secrets.tools`` whose name is
+the tool name (``sql.query``) and whose object is a factory taking the
+``GatewayConfig`` and returning a ``Tool``. A tool receives parsed arguments
+and a ``ToolContext``; it never sees an OpenBao token: it asks the context to
+read an OpenBao path with the agent's per-call token, and to keep per-session
+resources (a database pool) that are closed when the session ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from clawql_secrets.errors import ConfigError
+from clawql_secrets.gateway.config import GatewayConfig
+from clawql_secrets.gateway.jwt_check import SessionClaims
+
+GROUP = "clawql_secrets.tools"
+R = TypeVar("R", bound="Resource")
+
+
+class Resource(Protocol):
+    """Something a session keeps between calls on one replica (e.g. a pool)."""
+
+    def close(self) -> None: ...
+
+
+class Lease(Protocol):
+    @property
+    def lease_id(self) -> str: ...
+    @property
+    def lease_duration(self) -> int: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
+
+class ToolContext(Protocol):
+    claims: SessionClaims
+
+    def read_secret(self, path: str) -> Lease:
+        """Read ``path`` with the agent's token; a lease is recorded in the registry."""
+        ...
+
+    def resource(self, key: str, create: Callable[[], R]) -> R:
+        """The session's resource ``key`` on this replica, created once by ``create``."""
+        ...
+
+
+class Tool(Protocol):
+    name: str
+    args_model: type[BaseModel]
+
+    def run(self, ctx: ToolContext, args: Any) -> dict[str, Any]: ...
+
+
+ToolFactory = Callable[[GatewayConfig], Tool]
+
+
+def load_tools(config: GatewayConfig) -> dict[str, Tool]:
+    """Every installed tool plugin, by name."""
+    tools: dict[str, Tool] = {}
+    for ep in entry_points(group=GROUP):
+        try:
+            factory: ToolFactory = ep.load()
+            tool = factory(config)
+        except Exception as exc:
+            raise ConfigError(
+                f"tool plugin {ep.name!r} ({ep.value}) failed to load ({type(exc).__name__})",
+                fix="reinstall the package that provides it, or uninstall it",
+            ) from exc
+        if tool.name != ep.name:
+            raise ConfigError(f"tool plugin {ep.name!r} calls itself {tool.name!r}")
+        tools[ep.name] = tool
+    return tools

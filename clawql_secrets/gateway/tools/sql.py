@@ -1,0 +1,245 @@
+"""``sql.query``: one SQL statement as the session's own PostgreSQL user.
+
+The user comes from ``<mount>/creds/<agent_role>-<tenant>`` read with the
+agent's per-call token, so OpenBao decides what the session may reach; its
+grants are confined to the tenant's schema. The first call of a session on a
+replica creates the user and a small pool; later calls reuse it. Every call
+runs in its own transaction with a statement timeout, the extended query
+protocol (exactly one statement, parameters bound server-side), and row and
+byte limits on the result.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import decimal
+import json
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from pydantic import BaseModel, ConfigDict, Field
+
+from clawql_secrets.gateway.config import GatewayConfig, PostgresTarget, SQLLimits
+from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
+from clawql_secrets.gateway.tools import ToolContext
+
+Scalar = str | int | float | bool | None
+
+
+class SQLArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sql: str = Field(min_length=1)
+    params: list[Scalar] = []
+    database: str = "default"
+    max_rows: int | None = Field(default=None, ge=1)
+
+
+class PGPool:
+    """A tiny blocking pool of one session's connections (no background threads)."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int, user: str):
+        self._connect = connect
+        self._size = size
+        self._idle: deque[psycopg.Connection[Any]] = deque()
+        self._count = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self.user = user
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float = 10.0) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._acquire(timeout)
+        ok = False
+        try:
+            yield conn
+            ok = True
+        finally:
+            self._release(conn, ok and not conn.closed and not conn.broken)
+
+    def _acquire(self, timeout: float) -> psycopg.Connection[Any]:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise BackendUnavailable("session_closed", "this session's pool is closed")
+                if self._idle:
+                    return self._idle.popleft()
+                if self._count < self._size:
+                    self._count += 1
+                    break
+                if not self._cond.wait(timeout):
+                    raise BackendUnavailable(
+                        "pool_exhausted", "too many concurrent calls for this session"
+                    )
+        try:
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, conn: psycopg.Connection[Any], reusable: bool) -> None:
+        with self._cond:
+            if reusable and not self._closed:
+                self._idle.append(conn)
+            else:
+                self._count -= 1
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle = list(self._idle)
+            self._idle.clear()
+            self._count -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+class SQLQueryTool:
+    name = "sql.query"
+    args_model = SQLArgs
+
+    def __init__(self, databases: dict[str, PostgresTarget], limits: SQLLimits) -> None:
+        self.databases = databases
+        self.limits = limits
+
+    def run(self, ctx: ToolContext, args: SQLArgs) -> dict[str, Any]:
+        lim = self.limits
+        if len(args.sql.encode()) > lim.max_sql_bytes:
+            raise RequestRejected(
+                "sql_too_large", f"the SQL text exceeds {lim.max_sql_bytes} bytes", status=413
+            )
+        if len(args.params) > lim.max_params:
+            raise RequestRejected("too_many_params", f"more than {lim.max_params} parameters")
+        target = self.databases.get(args.database)
+        if target is None:
+            raise RequestRejected(
+                "unknown_database", f"no database named {args.database[:64]!r}", status=404
+            )
+        pool = ctx.resource(f"pg:{args.database}", lambda: self._open_pool(ctx, target))
+        max_rows = min(args.max_rows or lim.max_rows, lim.max_rows)
+        try:
+            with pool.connection() as conn:
+                return self._execute(conn, args, max_rows)
+        except psycopg.Error as exc:
+            raise _translate(exc, pool.user) from None
+
+    def _open_pool(self, ctx: ToolContext, target: PostgresTarget) -> PGPool:
+        c = ctx.claims
+        role = target.creds_role_template.format(agent_role=c.agent_role, tenant=c.tenant)
+        lease = ctx.read_secret(f"{target.mount}/creds/{role}")
+        user = str(lease.data.get("username", ""))
+        password = str(lease.data.get("password", ""))
+        if not user or not password:
+            raise BackendUnavailable("openbao_error", "OpenBao returned no database credential")
+
+        def connect() -> psycopg.Connection[Any]:
+            return psycopg.connect(
+                host=target.host,
+                port=target.port,
+                dbname=target.dbname,
+                user=user,
+                password=password,
+                connect_timeout=target.connect_timeout,
+                application_name="clawql-gateway",
+                sslmode="disable" if target.host.startswith("127.") else "require",
+                autocommit=True,
+            )
+
+        pool = PGPool(connect, target.pool_size, user)
+        try:
+            with pool.connection():
+                pass  # fail now, not on the agent's next call
+        except psycopg.Error as exc:
+            pool.close()
+            raise _translate(exc, user) from None
+        return pool
+
+    def _execute(
+        self, conn: psycopg.Connection[Any], args: SQLArgs, max_rows: int
+    ) -> dict[str, Any]:
+        lim = self.limits
+        # One round trip: the timeout is re-set (session-wide, so a hostile SET from an
+        # earlier call is undone) and the statement runs, in one pipeline.
+        with conn.cursor() as cur:
+            with conn.pipeline():
+                cur.execute(
+                    "SELECT set_config('statement_timeout', %s, false)",
+                    [str(lim.statement_timeout_ms)],
+                    prepare=False,
+                )
+                # binary=True forces the extended protocol: exactly one statement.
+                cur.execute(args.sql.encode(), args.params, prepare=False, binary=True)
+            if cur.description is None:
+                return {"columns": [], "rows": [], "row_count": cur.rowcount, "truncated": False}
+            columns = [d.name for d in cur.description]
+            rows: list[list[Any]] = []
+            size = 0
+            truncated = False
+            for raw in cur.fetchmany(max_rows + 1):
+                if len(rows) == max_rows:
+                    truncated = True
+                    break
+                row = [_jsonable(v) for v in raw]
+                size += len(json.dumps(row, default=str))
+                if size > lim.max_bytes:
+                    truncated = True
+                    break
+                rows.append(row)
+        return {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": truncated}
+
+
+def _translate(exc: psycopg.Error, user: str) -> Exception:
+    """A coded error whose message names no user and carries no backend text verbatim."""
+    diag = getattr(exc, "diag", None)
+    primary = (getattr(diag, "message_primary", None) or "").replace(user, "<session user>")[:300]
+    if isinstance(exc, pgerrors.QueryCanceled):
+        return RequestRejected("sql_timeout", "the statement exceeded its time limit", status=422)
+    if isinstance(exc, pgerrors.InsufficientPrivilege):
+        return AccessDenied("sql_permission_denied", f"the database refused: {primary}")
+    if isinstance(exc, psycopg.OperationalError) or exc.sqlstate is None:
+        return BackendUnavailable(
+            "database_unavailable", "the database connection failed or was terminated"
+        )
+    if exc.sqlstate.startswith("57P"):
+        return BackendUnavailable("database_unavailable", "the database connection was terminated")
+    return RequestRejected(
+        "sql_error", f"the database rejected the statement ({exc.sqlstate}): {primary}", status=422
+    )
+
+
+def factory(config: GatewayConfig) -> SQLQueryTool:
+    return SQLQueryTool(dict(config.databases), config.sql)
