@@ -111,9 +111,7 @@ def run() -> str:
             stack.down(s)
 
 
-def _measure(
-    s: StackSettings, fx: openbao_setup.PGFixture, sessions: LocalIssuer, url: str
-) -> str:
+def _measure(s: StackSettings, fx: openbao_setup.PGFixture, sessions: LocalIssuer, url: str) -> str:
     def jwt(agent: str, ttl: int = 900) -> str:
         return session_issuer.issue(sessions, tenant="acme", agent=agent, role=ROLE, ttl=ttl)
 

@@ -88,10 +88,14 @@ path "database/creds/*" { capabilities = ["deny"] }
 path "pki*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "pki/issue/*" { capabilities = ["deny"] }
 path "pki_int/issue/*" { capabilities = ["deny"] }
-path "identity/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "identity/oidc/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "identity/oidc/token/*" { capabilities = ["deny"] }
 path "secret/metadata/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "sys/policies/acl/*" { capabilities = ["read", "list"] }
+# The service identities' own mount and the change-control records are not provisioned.
+path "auth/workload/*" { capabilities = ["deny"] }
+path "sys/auth/workload" { capabilities = ["deny"] }
+path "secret/metadata/clawql-change/*" { capabilities = ["deny"] }
 """,
 )
 
@@ -104,8 +108,38 @@ APPROVAL_CONTROLLER = WorkloadIdentity(
 path "sys/policies/acl" { capabilities = ["list"] }
 path "sys/policies/acl/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "sys/policies/acl/clawql-*" { capabilities = ["deny"] }
+path "sys/auth" { capabilities = ["read"] }
+path "identity/entity/id/*" { capabilities = ["read"] }
+path "secret/data/clawql-change/*" { capabilities = ["read"] }
+path "secret/data/clawql-change/applied/*" { capabilities = ["create", "read"] }
+path "secret/metadata/clawql-change/*" { capabilities = ["read", "list"] }
 """,
 )
+
+# People taking part in policy change control (authors and approvers) log in as
+# themselves: this role is bound to a claim, not a subject, and the alias name is
+# the person's subject. They create records only under their own entity id.
+CHANGE_PARTICIPANT = WorkloadIdentity(
+    role="change-participant",
+    subject="",
+    policy="clawql-change-participant",
+    hcl="""\
+path "secret/data/clawql-change/proposals/{{identity.entity.id}}/*" {
+  capabilities = ["create", "read"]
+}
+path "secret/data/clawql-change/approvals/+/{{identity.entity.id}}" {
+  capabilities = ["create", "read"]
+}
+path "secret/data/clawql-change/rejections/+/{{identity.entity.id}}" {
+  capabilities = ["create", "read"]
+}
+path "secret/data/clawql-change/*" { capabilities = ["read"] }
+path "secret/metadata/clawql-change/*" { capabilities = ["read", "list"] }
+path "sys/policies/acl/*" { capabilities = ["read"] }
+path "sys/auth" { capabilities = ["read"] }
+""",
+)
+CHANGE_PARTICIPANT_CLAIM = "clawql_role"
 
 # The gateway's own identity: it ends sessions (revokes their leases and tokens by
 # id/accessor) but obtains no credential itself — those come from the agents' own
@@ -122,7 +156,7 @@ path "auth/token/lookup-accessor" { capabilities = ["update"] }
 """,
 )
 
-IDENTITIES = (OPERATOR, BREAKGLASS, PROVISIONER, APPROVAL_CONTROLLER, GATEWAY)
+IDENTITIES = (OPERATOR, BREAKGLASS, PROVISIONER, APPROVAL_CONTROLLER, GATEWAY, CHANGE_PARTICIPANT)
 
 
 @dataclass(frozen=True)
@@ -190,12 +224,17 @@ def _configure(client: OpenBaoClient, root: str, issuer: LocalIssuer) -> None:
     )
     for ident in IDENTITIES:
         w(f"sys/policies/acl/{ident.policy}", {"policy": ident.hcl})
+        bound: dict[str, object] = (
+            {"bound_subject": ident.subject}
+            if ident.subject
+            else {"bound_claims": {CHANGE_PARTICIPANT_CLAIM: [ident.role]}}
+        )
         w(
             f"auth/{WORKLOAD_MOUNT}/role/{ident.role}",
             {
                 "role_type": "jwt",
                 "bound_audiences": [WORKLOAD_AUDIENCE],
-                "bound_subject": ident.subject,
+                **bound,
                 "user_claim": "sub",
                 "token_policies": [ident.policy],
                 "token_ttl": "15m",

@@ -1,0 +1,361 @@
+"""Desired state → the OpenBao objects it means (pure).
+
+Each ``Obj`` is one thing at one OpenBao path: what to write (``body``) and the
+fields compared with what OpenBao reports (``compare``, normalised the same
+way the live projection is). Nothing secret is in an ``Obj``: a database
+connection's admin password is read from the environment by the adapter at
+the moment it writes the connection, and rotated away right after.
+
+Some values need the agents' JWT mount accessor (identity templates in
+certificate SANs and identity-token claims); until the mount exists a
+placeholder stands in, and ``apply`` renders again once it does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from clawql_secrets.provision.model import AgentRole, Database, DesiredState
+
+ACCESSOR_PLACEHOLDER = "<accessor-of-agents-mount>"
+DB_MOUNT = "database"
+PKI_ROOT = "pki"
+PKI_INT = "pki_int"
+KV_MOUNT = "secret"
+# Every role on the mount maps the same claims: alias metadata is last-login-wins,
+# so one role without a mapping would wipe ``tenant`` for every token of the entity.
+CLAIM_MAPPINGS = {"tenant": "tenant", "agent": "agent", "agent_role": "agent_role"}
+
+# Creation order; deletes run in reverse.
+ORDER = (
+    "auth-mount",
+    "mount",
+    "jwt-config",
+    "jwt-role",
+    "pki-root-ca",
+    "pki-int-ca",
+    "pki-role",
+    "db-connection",
+    "db-role",
+    "oidc-config",
+    "oidc-key",
+    "oidc-role",
+)
+UNORDERED = frozenset(
+    {
+        "bound_audiences",
+        "token_policies",
+        "allowed_roles",
+        "allowed_client_ids",
+        "jwt_validation_pubkeys",
+        "jwt_supported_algs",
+        "allowed_uri_sans",
+        "key_usage",
+        "ext_key_usage",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Obj:
+    kind: str
+    path: str
+    body: Mapping[str, Any]
+    compare: Mapping[str, Any] = field(default_factory=dict)
+    # Objects created once and never updated in place (mounts' types, CAs).
+    create_only: bool = False
+
+    @property
+    def order(self) -> int:
+        return ORDER.index(self.kind)
+
+
+def normalise(key: str, value: Any) -> Any:
+    """The comparable form of one field, identical for desired and live values."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list | tuple):
+        items = [normalise(key, v) for v in value]
+        return sorted(items, key=str) if key in UNORDERED else items
+    if isinstance(value, Mapping):
+        return {
+            k: sorted(normalise(k, v), key=str) if isinstance(v, list | tuple) else normalise(k, v)
+            for k, v in sorted(value.items())
+        }
+    return value
+
+
+def _obj(
+    kind: str,
+    path: str,
+    body: Mapping[str, Any],
+    *,
+    keys: tuple[str, ...] | None = None,
+    create_only: bool = False,
+) -> Obj:
+    compare_keys = keys if keys is not None else tuple(body)
+    return Obj(
+        kind,
+        path,
+        body,
+        {k: normalise(k, body[k]) for k in compare_keys},
+        create_only,
+    )
+
+
+def tpl(accessor: str, key: str) -> str:
+    """An identity template reading the agent's alias metadata on the agents' mount."""
+    return "{{identity.entity.aliases." + accessor + ".metadata." + key + "}}"
+
+
+def db_role_name(role: str, tenant: str, connection: str) -> str:
+    return f"{tenant}-{role}-{connection}"
+
+
+def pki_role_name(role: str, tenant: str) -> str:
+    return f"{tenant}-{role}"
+
+
+# -- SQL ----------------------------------------------------------------------
+# Every identifier below comes from a validated name ([a-z][a-z0-9_]*), and is
+# still quoted; ``{{name}}``/``{{password}}``/``{{expiration}}`` are filled in
+# by OpenBao's database plugin.
+def _pg_statements(schema: str, privileges: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    privs = ", ".join(privileges)
+    create = [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
+        "VALID UNTIL '{{expiration}}' NOINHERIT;",
+        f'GRANT USAGE ON SCHEMA "{schema}" TO "{{{{name}}}}";',
+        f'GRANT {privs} ON ALL TABLES IN SCHEMA "{schema}" TO "{{{{name}}}}";',
+    ]
+    revoke = [
+        f'REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA "{schema}" FROM "{{{{name}}}}";',
+        f'REVOKE USAGE ON SCHEMA "{schema}" FROM "{{{{name}}}}";',
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';",
+        'DROP ROLE IF EXISTS "{{name}}";',
+    ]
+    return create, revoke
+
+
+def _maria_statements(schema: str, privileges: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    privs = ", ".join(privileges)
+    create = [
+        "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}';",
+        f"GRANT {privs} ON `{schema}`.* TO '{{{{name}}}}'@'%';",
+    ]
+    revoke = [
+        "REVOKE ALL PRIVILEGES, GRANT OPTION FROM '{{name}}'@'%';",
+        "KILL USER '{{name}}';",
+        "DROP USER IF EXISTS '{{name}}'@'%';",
+    ]
+    return create, revoke
+
+
+def connection_url(db: Database) -> str:
+    if db.engine == "postgresql":
+        return (
+            f"postgresql://{{{{username}}}}:{{{{password}}}}@{db.host}:{db.port}/{db.database}"
+            f"?sslmode={db.sslmode}"
+        )
+    return f"{{{{username}}}}:{{{{password}}}}@tcp({db.host}:{db.port})/"
+
+
+PLUGINS = {"postgresql": "postgresql-database-plugin", "mariadb": "mysql-database-plugin"}
+
+
+def render(state: DesiredState, accessor: str | None = None) -> list[Obj]:
+    """All objects, in creation order."""
+    acc = accessor or ACCESSOR_PLACEHOLDER
+    si = state.session_issuer
+    out: list[Obj] = []
+    # JWT auth for agent sessions.
+    out.append(_obj("auth-mount", f"sys/auth/{si.mount}", {"type": "jwt"}, create_only=True))
+    cfg: dict[str, Any] = {"bound_issuer": si.issuer, "jwt_supported_algs": list(si.algorithms)}
+    if si.jwks_url:
+        cfg["jwks_url"] = si.jwks_url
+    else:
+        cfg["jwt_validation_pubkeys"] = [k.strip() + "\n" for k in si.public_keys or ()]
+    out.append(_obj("jwt-config", f"auth/{si.mount}/config", cfg))
+    for role in state.roles:
+        out.append(_obj("jwt-role", f"auth/{si.mount}/role/{role.name}", _jwt_role(state, role)))
+    # KV v2 for injected secrets (bootstrap creates it; we only insist on its type).
+    out.append(
+        _obj(
+            "mount",
+            f"sys/mounts/{KV_MOUNT}",
+            {"type": "kv", "options": {"version": "2"}},
+            create_only=True,
+        )
+    )
+    # Database engine.
+    if state.databases:
+        out.append(_obj("mount", f"sys/mounts/{DB_MOUNT}", {"type": "database"}, create_only=True))
+    for db in state.databases:
+        allowed = sorted(
+            db_role_name(r.name, t, db.name)
+            for r in state.roles
+            for g in r.databases
+            if g.connection == db.name
+            for t in r.tenants
+        )
+        body: dict[str, Any] = {
+            "plugin_name": PLUGINS[db.engine],
+            "connection_url": connection_url(db),
+            "username": db.username,
+            "allowed_roles": allowed,
+            "verify_connection": True,
+        }
+        out.append(
+            _obj(
+                "db-connection",
+                f"{DB_MOUNT}/config/{db.name}",
+                body,
+                keys=("plugin_name", "connection_url", "username", "allowed_roles"),
+            )
+        )
+    for role in state.roles:
+        for g in role.databases:
+            db = state.database(g.connection)
+            for tenant in role.tenants:
+                schema = g.schema_for(tenant)
+                maker = _pg_statements if db.engine == "postgresql" else _maria_statements
+                create, revoke = maker(schema, g.privileges)
+                out.append(
+                    _obj(
+                        "db-role",
+                        f"{DB_MOUNT}/roles/{db_role_name(role.name, tenant, db.name)}",
+                        {
+                            "db_name": db.name,
+                            "creation_statements": create,
+                            "revocation_statements": revoke,
+                            "default_ttl": db.credential_ttl,
+                            "max_ttl": db.credential_max_ttl,
+                        },
+                    )
+                )
+    # PKI: root, intermediate, one client-cert role per (role, tenant).
+    if state.pki is not None:
+        p = state.pki
+        out.append(
+            _obj(
+                "mount",
+                f"sys/mounts/{PKI_ROOT}",
+                {"type": "pki", "config": {"max_lease_ttl": p.root_ttl}},
+                keys=("type",),
+                create_only=True,
+            )
+        )
+        out.append(
+            _obj(
+                "mount",
+                f"sys/mounts/{PKI_INT}",
+                {"type": "pki", "config": {"max_lease_ttl": p.intermediate_ttl}},
+                keys=("type",),
+                create_only=True,
+            )
+        )
+        out.append(
+            _obj(
+                "pki-root-ca",
+                f"{PKI_ROOT}/cert/ca",
+                {"common_name": p.root_common_name, "ttl": p.root_ttl, "present": True},
+                keys=("present",),
+                create_only=True,
+            )
+        )
+        out.append(
+            _obj(
+                "pki-int-ca",
+                f"{PKI_INT}/cert/ca",
+                {
+                    "common_name": p.intermediate_common_name,
+                    "ttl": p.intermediate_ttl,
+                    "present": True,
+                },
+                keys=("present",),
+                create_only=True,
+            )
+        )
+        for role in state.roles:
+            if not role.cert_sans:
+                continue
+            for tenant in role.tenants:
+                sans = [
+                    s.replace("{tenant}", tenant).replace("{agent}", tpl(acc, "agent"))
+                    for s in role.cert_sans
+                ]
+                out.append(
+                    _obj(
+                        "pki-role",
+                        f"{PKI_INT}/roles/{pki_role_name(role.name, tenant)}",
+                        {
+                            "allowed_uri_sans": sans,
+                            "allowed_uri_sans_template": True,
+                            "allow_any_name": False,
+                            "allowed_domains": [],
+                            "allow_subdomains": False,
+                            "allow_ip_sans": False,
+                            "require_cn": False,
+                            "client_flag": True,
+                            "server_flag": False,
+                            "key_type": "ec",
+                            "key_bits": 256,
+                            "ttl": p.client_ttl,
+                            "max_ttl": p.client_max_ttl,
+                            "no_store": True,
+                        },
+                    )
+                )
+    # Identity tokens for cloud federation.
+    if state.cloud is not None:
+        c = state.cloud
+        out.append(_obj("oidc-config", "identity/oidc/config", {"issuer": c.issuer}))
+        out.append(
+            _obj(
+                "oidc-key",
+                f"identity/oidc/key/{c.key}",
+                {
+                    "algorithm": "ES256",
+                    "allowed_client_ids": sorted(r.audience for r in c.roles) or ["none"],
+                    "verification_ttl": max([r.ttl for r in c.roles] + [3600]),
+                    "rotation_period": 86400,
+                },
+            )
+        )
+        # OpenBao substitutes each template as a JSON value: it goes in unquoted.
+        template = (
+            "{"
+            + ", ".join(
+                f"{json.dumps(k)}: {tpl(acc, k)}" for k in ("agent", "agent_role", "tenant")
+            )
+            + "}"
+        )
+        for cr in c.roles:
+            out.append(
+                _obj(
+                    "oidc-role",
+                    f"identity/oidc/role/{cr.name}",
+                    {"key": c.key, "client_id": cr.audience, "ttl": cr.ttl, "template": template},
+                )
+            )
+    return sorted(out, key=lambda o: o.order)
+
+
+def _jwt_role(state: DesiredState, role: AgentRole) -> dict[str, Any]:
+    si = state.session_issuer
+    return {
+        "role_type": "jwt",
+        "bound_audiences": [si.audience],
+        "bound_claims": {"tenant": sorted(role.tenants), "agent_role": [role.name]},
+        "bound_claims_type": "string",
+        "user_claim": si.user_claim,
+        "claim_mappings": dict(CLAIM_MAPPINGS),
+        "token_policies": [role.policy_name],
+        "token_type": si.token_type,
+        "token_ttl": role.max_session,
+        "token_max_ttl": role.max_session,
+        "token_no_default_policy": False,
+    }

@@ -1,0 +1,195 @@
+"""Four-eyes change control and the capability matrix on a real cluster.
+
+One stack; tests run in order: refusals first, then the approved apply, then
+the matrix against the policies that apply wrote.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from clawql_secrets.cluster import bootstrap, stack
+from clawql_secrets.cluster.client import OpenBaoClient
+from clawql_secrets.cluster.layout import StackSettings
+from clawql_secrets.errors import OpenBaoError, SecurityError
+from clawql_secrets.issuer import LocalIssuer
+from clawql_secrets.policy import generate, matrix
+from clawql_secrets.policy.changes import ApprovalController, ChangeStore
+from clawql_secrets.provision import loader
+from clawql_secrets.provision.live import Provisioner
+from clawql_secrets.provision.model import DesiredState
+from clawql_secrets.provision.session import person_login, workload_accessor
+
+pytestmark = pytest.mark.cluster
+
+
+def config(settings: StackSettings) -> DesiredState:
+    pem = (settings.issuer_dir / "public.pem").read_text()
+    indented = "\n".join("      " + ln for ln in pem.strip().splitlines())
+    return loader.parse(
+        f"""\
+version: 1
+session_issuer:
+  issuer: {stack.ISSUER_URL}
+  audience: clawql-gateway
+  public_keys:
+    - |
+{indented}
+tenants: [{{name: acme}}, {{name: globex}}]
+roles:
+  - name: analyst
+    tenants: [acme, globex]
+    secrets: [api_key]
+  - name: integrator
+    tenants: [acme]
+    secrets: [gh]
+    cert_sans: ["spiffe://clawql/tenants/{{tenant}}/agents/{{agent}}"]
+    cloud_role: aws
+pki: {{}}
+cloud:
+  issuer: https://openbao.clawql.local
+  roles: [{{name: aws, audience: sts.amazonaws.com}}]
+approvals:
+  approvers: [alice, bob, carol]
+  threshold: 2
+""",
+        "live.yaml",
+    )
+
+
+@dataclass
+class Env:
+    client: OpenBaoClient
+    issuer: LocalIssuer
+    state: DesiredState
+    policies: dict[str, str]
+
+    def person(self, name: str) -> ChangeStore:
+        return ChangeStore(self.client, person_login(self.client, self.issuer, name))
+
+    def controller(self) -> ApprovalController:
+        tok = bootstrap.login(self.client, self.issuer, bootstrap.APPROVAL_CONTROLLER)
+        return ApprovalController(
+            self.client, tok, self.state.approvals, workload_accessor(self.client, tok)
+        )
+
+
+@pytest.fixture(scope="module")
+def env(live_stack: StackSettings) -> Iterator[Env]:
+    issuer = LocalIssuer.load_or_create(live_stack.issuer_dir, stack.ISSUER_URL)
+    state = config(live_stack)
+    with stack.client_for(live_stack, retry_for=30) as client:
+        prov = Provisioner(client, bootstrap.login(client, issuer, bootstrap.PROVISIONER))
+        prov.apply(state, env={})
+        accessor = prov.accessor("agents")
+        assert accessor
+        yield Env(client, issuer, state, generate.generate(state, accessor))
+
+
+def refused(ctl: ApprovalController, pid: str, text: str, now: float | None = None) -> None:
+    with pytest.raises(SecurityError) as err:
+        ctl.apply(pid, now=now)
+    assert text in err.value.message
+
+
+def test_people_provisioner_and_approvers_cannot_write_policies(env: Env) -> None:
+    for token in (
+        person_login(env.client, env.issuer, "alice"),
+        bootstrap.login(env.client, env.issuer, bootstrap.PROVISIONER),
+    ):
+        with pytest.raises(OpenBaoError) as err:
+            env.client.write("sys/policies/acl/agent-analyst", {"policy": "x"}, token=token)
+        assert err.value.status == 403
+
+
+def test_zero_approvals_refused(env: Env) -> None:
+    pid = env.person("dave").propose(env.policies)
+    refused(env.controller(), pid, "0 of 2 required approvals")
+
+
+def test_self_approval_refused(env: Env) -> None:
+    dave = env.person("alice")
+    pid = dave.propose(env.policies)
+    h = dave.proposal(pid, 3600).content_hash
+    dave.approve(pid, h)
+    env.person("bob").approve(pid, h)
+    refused(env.controller(), pid, "self-approval by the author")
+
+
+def test_same_person_twice_under_two_tokens_counts_once(env: Env) -> None:
+    pid = env.person("dave").propose(env.policies)
+    h = env.person("bob").proposal(pid, 3600).content_hash
+    env.person("alice").approve(pid, h)
+    # A second token of the same person maps to the same entity: the record
+    # already exists and cannot be written again.
+    with pytest.raises(OpenBaoError):
+        env.person("alice").approve(pid, h)
+    refused(env.controller(), pid, "1 of 2")
+
+
+def test_approval_of_another_hash_refused(env: Env) -> None:
+    pid = env.person("dave").propose(env.policies)
+    h = env.person("bob").proposal(pid, 3600).content_hash
+    env.person("alice").approve(pid, h)
+    env.person("bob").approve(pid, "sha256:" + "0" * 64)
+    refused(env.controller(), pid, "different content hash")
+
+
+def test_nobody_can_overwrite_or_forge_records(env: Env) -> None:
+    dave = env.person("dave")
+    pid = dave.propose(env.policies)
+    eid = dave._entity_id()
+    # not even the author can rewrite the proposal...
+    with pytest.raises(OpenBaoError):
+        dave._create(f"proposals/{eid}/{pid}", {"policies": "{}"})
+    # ...or write an approval under someone else's entity id.
+    with pytest.raises(OpenBaoError) as err:
+        dave._create(f"approvals/{pid}/not-dave", {"content_hash": "x"})
+    assert err.value.status == 403
+
+
+def test_expired_proposal_refused(env: Env) -> None:
+    pid = env.person("dave").propose(env.policies)
+    h = env.person("bob").proposal(pid, 3600).content_hash
+    env.person("alice").approve(pid, h)
+    env.person("bob").approve(pid, h)
+    refused(env.controller(), pid, "expired", now=time.time() + 2 * 86400)
+
+
+def test_approved_apply_writes_then_stale_proposals_refused(env: Env) -> None:
+    older = env.person("dave").propose(env.policies)
+    pid = env.person("dave").propose(env.policies)
+    for p in (older, pid):
+        h = env.person("bob").proposal(p, 3600).content_hash
+        env.person("alice").approve(p, h)
+        env.person("carol").approve(p, h)
+    review = env.controller().apply(pid)
+    assert review.result.verified and len(review.result.signed) == 2
+    ctl_token = bootstrap.login(env.client, env.issuer, bootstrap.APPROVAL_CONTROLLER)
+    live = env.client.read("sys/policies/acl/agent-analyst", token=ctl_token)["data"]["policy"]
+    assert live == env.policies["agent-analyst"]
+    # The other proposal was based on the old live version: now stale.
+    refused(env.controller(), older, "stale base")
+    # Re-applying the applied one is stale too (no replay).
+    refused(env.controller(), pid, "stale base")
+
+
+def test_rejection_blocks(env: Env) -> None:
+    changed = {"agent-analyst": env.policies["agent-analyst"] + "\n# v2\n"}
+    pid = env.person("dave").propose(changed)
+    h = env.person("bob").proposal(pid, 3600).content_hash
+    env.person("alice").approve(pid, h)
+    env.person("bob").approve(pid, h)
+    env.person("carol").reject(pid, h)
+    refused(env.controller(), pid, "rejected by 1")
+
+
+def test_capability_matrix_after_approved_apply(env: Env) -> None:
+    result = matrix.run(env.client, env.state, env.issuer.mint)
+    assert result.ok, result.render()
+    labels = {o.case.label for o in result.outcomes}
+    assert {"own-secret", "sibling-secret", "other-tenant", "deny-block", "sys"} <= labels

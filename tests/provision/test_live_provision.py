@@ -1,0 +1,292 @@
+"""apply/plan against a real cluster, a password-auth PostgreSQL cluster and MariaDB.
+
+One stack for the module; tests run in order and build on each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pymysql
+import pytest
+
+from clawql_secrets.cluster import bootstrap, stack
+from clawql_secrets.cluster.client import OpenBaoClient
+from clawql_secrets.cluster.layout import StackSettings
+from clawql_secrets.issuer import LocalIssuer
+from clawql_secrets.policy import generate
+from clawql_secrets.provision import loader
+from clawql_secrets.provision.live import Provisioner
+from clawql_secrets.provision.model import DesiredState
+
+pytestmark = pytest.mark.cluster
+SUFFIX = secrets.token_hex(3)
+ACME, GLOBEX = f"acme{SUFFIX}", f"globex{SUFFIX}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def psql(port: int, sql: str, db: str = "postgres") -> str:
+    """Run SQL as the cluster's superuser over the local socket (peer auth)."""
+    cmd = f"psql -p {port} -d {db} -v ON_ERROR_STOP=1 -tAc {shlex.quote(sql)}"
+    out = subprocess.run(["su", "postgres", "-c", cmd], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@dataclass
+class Databases:
+    pg_port: int
+    pg_password: str
+    maria_password: str
+
+
+@pytest.fixture(scope="module")
+def dbs() -> Iterator[Databases]:
+    """A PostgreSQL cluster with scram-sha-256 (so a password matters) and a MariaDB admin."""
+    if shutil.which("pg_createcluster") is None:
+        pytest.skip("postgresql-common is not installed")
+    name, port = f"clawql{SUFFIX}", _free_port()
+    pg_pw, maria_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+    subprocess.run(
+        ["pg_createcluster", "15", name, "-p", str(port)],
+        check=True,
+        capture_output=True,
+    )
+    hba = Path(f"/etc/postgresql/15/{name}/pg_hba.conf")
+    hba.write_text("local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    conf = Path(f"/etc/postgresql/15/{name}/postgresql.conf")
+    conf.write_text(conf.read_text() + "\nlisten_addresses = '127.0.0.1'\n")
+    try:
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", "15", name, "start"],
+            check=True,
+            capture_output=True,
+        )
+        psql(port, f"CREATE ROLE clawql_admin SUPERUSER LOGIN PASSWORD '{pg_pw}'")
+        psql(port, "CREATE DATABASE clawql")
+        for t in (ACME, GLOBEX):
+            psql(port, f"CREATE SCHEMA {t}; CREATE TABLE {t}.facts (v text)", "clawql")
+            psql(port, f"INSERT INTO {t}.facts VALUES ('{t}')", "clawql")
+        maria = pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
+        with maria, maria.cursor() as cur:
+            cur.execute(f"CREATE USER 'clawql_admin{SUFFIX}'@'%%' IDENTIFIED BY %s", (maria_pw,))
+            cur.execute(
+                f"GRANT ALL PRIVILEGES ON *.* TO 'clawql_admin{SUFFIX}'@'%' WITH GRANT OPTION"
+            )
+            for t in (ACME, GLOBEX):
+                cur.execute(f"CREATE DATABASE {t}")
+                cur.execute(f"CREATE TABLE {t}.facts (v text)")
+                cur.execute(f"INSERT INTO {t}.facts VALUES (%s)", (t,))
+        yield Databases(port, pg_pw, maria_pw)
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True)
+        with contextlib.suppress(pymysql.MySQLError):
+            maria = pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
+            with maria, maria.cursor() as cur:
+                cur.execute(f"DROP USER IF EXISTS 'clawql_admin{SUFFIX}'@'%'")
+                for t in (ACME, GLOBEX):
+                    cur.execute(f"DROP DATABASE IF EXISTS {t}")
+
+
+def config(settings: StackSettings, dbs: Databases) -> DesiredState:
+    pem = (settings.issuer_dir / "public.pem").read_text()
+    indented = "\n".join("      " + ln for ln in pem.strip().splitlines())
+    return loader.parse(
+        f"""\
+version: 1
+session_issuer:
+  issuer: {stack.ISSUER_URL}
+  audience: clawql-gateway
+  public_keys:
+    - |
+{indented}
+tenants:
+  - name: {ACME}
+  - name: {GLOBEX}
+databases:
+  - name: pg
+    engine: postgresql
+    host: 127.0.0.1
+    port: {dbs.pg_port}
+    database: clawql
+    username: clawql_admin
+    password_env: PG_ADMIN
+  - name: maria
+    engine: mariadb
+    host: 127.0.0.1
+    port: 3306
+    username: clawql_admin{SUFFIX}
+    password_env: MARIA_ADMIN
+roles:
+  - name: analyst
+    tenants: [{ACME}, {GLOBEX}]
+    databases:
+      - connection: pg
+        privileges: [SELECT]
+      - connection: maria
+        privileges: [SELECT]
+    secrets: [api_key]
+  - name: integrator
+    tenants: [{ACME}]
+    cert_sans: ["spiffe://clawql/tenants/{{tenant}}/agents/{{agent}}"]
+    cloud_role: aws
+pki: {{}}
+cloud:
+  issuer: https://openbao.clawql.local
+  roles:
+    - name: aws
+      audience: sts.amazonaws.com
+approvals:
+  approvers: [alice, bob]
+  threshold: 2
+""",
+        "live.yaml",
+    )
+
+
+@dataclass
+class Env:
+    client: OpenBaoClient
+    issuer: LocalIssuer
+    prov: Provisioner
+    state: DesiredState
+    dbs: Databases
+
+
+@pytest.fixture(scope="module")
+def env(live_stack: StackSettings, dbs: Databases) -> Iterator[Env]:
+    issuer = LocalIssuer.load_or_create(live_stack.issuer_dir, stack.ISSUER_URL)
+    with stack.client_for(live_stack, retry_for=30) as client:
+        prov = Provisioner(client, bootstrap.login(client, issuer, bootstrap.PROVISIONER))
+        yield Env(client, issuer, prov, config(live_stack, dbs), dbs)
+
+
+def secrets_env(e: Env) -> dict[str, str]:
+    return {"PG_ADMIN": e.dbs.pg_password, "MARIA_ADMIN": e.dbs.maria_password}
+
+
+def test_apply_then_second_apply_is_a_noop(env: Env) -> None:
+    _, plan = env.prov.plan(env.state)
+    assert plan.pending
+    first = env.prov.apply(env.state, env=secrets_env(env))
+    assert first.changed
+    _, plan = env.prov.plan(env.state)
+    assert not plan.pending, plan.render()
+    # No admin password is needed when nothing must be written.
+    assert not env.prov.apply(env.state, env={}).changed
+
+
+def test_rotate_root_leaves_no_known_password(env: Env) -> None:
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(
+            host="127.0.0.1",
+            port=env.dbs.pg_port,
+            dbname="clawql",
+            user="clawql_admin",
+            password=env.dbs.pg_password,
+            connect_timeout=5,
+        )
+    with pytest.raises(pymysql.MySQLError):
+        pymysql.connect(
+            host="127.0.0.1", user=f"clawql_admin{SUFFIX}", password=env.dbs.maria_password
+        )
+
+
+def test_hand_made_drift_shows_in_plan_and_apply_repairs_it(env: Env) -> None:
+    token = bootstrap.login(env.client, env.issuer, bootstrap.PROVISIONER)
+    role = env.client.read("auth/agents/role/analyst", token=token)["data"]
+    keep = ("role_type", "user_claim", "bound_audiences", "bound_claims", "claim_mappings")
+    env.client.write(
+        "auth/agents/role/analyst", {**{k: role[k] for k in keep}, "token_ttl": 7}, token=token
+    )
+    env.client.write(
+        "database/roles/stray-role",
+        {"db_name": "pg", "creation_statements": ["SELECT 1"]},
+        token=token,
+    )
+    _, plan = env.prov.plan(env.state)
+    got = {(c.action, c.path) for c in plan.changes}
+    assert got == {("update", "auth/agents/role/analyst"), ("delete", "database/roles/stray-role")}
+    env.prov.apply(env.state, env={})
+    assert not env.prov.plan(env.state)[1].pending
+
+
+def _agent_token(e: Env, tenant: str, agent: str, role: str) -> str:
+    jwt = e.issuer.mint(
+        f"{tenant}/{agent}", "clawql-gateway", tenant=tenant, agent=agent, agent_role=role
+    )
+    resp = e.client.request("POST", "auth/agents/login", body={"role": role, "jwt": jwt}, token="")
+    return str(resp["auth"]["client_token"])
+
+
+@pytest.fixture(scope="module")
+def policies_applied(env: Env) -> None:
+    # Test harness: write the generated policies as the approval controller (the
+    # four-eyes path itself is tested in tests/policy).
+    token = bootstrap.login(env.client, env.issuer, bootstrap.APPROVAL_CONTROLLER)
+    accessor = env.prov.accessor("agents")
+    assert accessor
+    for name, text in generate.generate(env.state, accessor).items():
+        env.client.write(f"sys/policies/acl/{name}", {"policy": text}, token=token)
+
+
+def test_pg_creds_read_own_schema_only_and_revocation_drops_and_terminates(
+    env: Env, policies_applied: None
+) -> None:
+    token = _agent_token(env, ACME, "a1", "analyst")
+    creds = env.client.read(f"database/creds/{ACME}-analyst-pg", token=token)["data"]
+    user = creds["username"]
+    conn = psycopg.connect(
+        host="127.0.0.1",
+        port=env.dbs.pg_port,
+        dbname="clawql",
+        user=user,
+        password=creds["password"],
+        autocommit=True,
+    )
+    assert conn.execute(f"SELECT v FROM {ACME}.facts").fetchall() == [(ACME,)]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(f"SELECT v FROM {GLOBEX}.facts")
+    # Another tenant's creds path is refused by OpenBao itself.
+    with pytest.raises(Exception, match="403"):
+        env.client.read(f"database/creds/{GLOBEX}-analyst-pg", token=token)
+    # Session end: revoking the token revokes its lease; the role is dropped and
+    # the open connection terminated.
+    started = time.monotonic()
+    env.client.request("POST", "auth/token/revoke-self", token=token)
+    elapsed = time.monotonic() - started
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    conn.close()
+    assert psql(env.dbs.pg_port, f"SELECT count(*) FROM pg_roles WHERE rolname = '{user}'") == "0"
+    assert elapsed < 5
+
+
+def test_mariadb_creds_read_own_database_only(env: Env, policies_applied: None) -> None:
+    token = _agent_token(env, GLOBEX, "g1", "analyst")
+    creds = env.client.read(f"database/creds/{GLOBEX}-analyst-maria", token=token)["data"]
+    conn = pymysql.connect(host="127.0.0.1", user=creds["username"], password=creds["password"])
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT v FROM {GLOBEX}.facts")
+        assert cur.fetchall() == ((GLOBEX,),)
+        with pytest.raises(pymysql.MySQLError):
+            cur.execute(f"SELECT v FROM {ACME}.facts")
+    env.client.request("POST", "auth/token/revoke-self", token=token)
+    with pytest.raises(pymysql.MySQLError), conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    with contextlib.suppress(pymysql.MySQLError):
+        conn.close()

@@ -1,0 +1,110 @@
+"""Bad desired state is refused before anything is applied, naming line and field."""
+
+from __future__ import annotations
+
+import pytest
+
+from clawql_secrets.errors import ConfigError
+from clawql_secrets.provision import loader
+from tests.provision.conftest import valid_yaml
+
+
+def test_valid_example_parses() -> None:
+    state = loader.parse(valid_yaml())
+    assert [t.name for t in state.tenants] == ["acme", "globex"]
+    assert state.roles[0].max_session == 3600
+
+
+# (test id, replacement in the valid file, expected text in the error)
+BAD = [
+    ("malformed_yaml", {"tenants:\n": "tenants: [\n"}, "malformed YAML"),
+    ("unknown_field", {"  - name: acme\n": "  - name: acme\n    colour: red\n"}, "colour"),
+    ("duplicate_key", {"version: 1\n": "version: 1\nversion: 1\n"}, "duplicate key"),
+    ("duplicate_tenant", {"  - name: globex\n": "  - name: acme\n"}, "duplicate tenant"),
+    (
+        "duplicate_role",
+        {"approvals:\n": "  - name: analyst\n    tenants: [acme]\napprovals:\n"},
+        "duplicate role",
+    ),
+    ("tenant_name_with_slash", {"  - name: globex\n": "  - name: glo/bex\n"}, "tenants.1.name"),
+    ("tenant_name_with_dotdot", {"  - name: globex\n": "  - name: ..\n"}, "tenants.1.name"),
+    (
+        "tenant_name_breaking_sql",
+        {"  - name: globex\n": "  - name: 'x\"; DROP ROLE postgres; --'\n"},
+        "tenants.1.name",
+    ),
+    ("tenant_name_with_glob", {"  - name: globex\n": "  - name: 'acme*'\n"}, "tenants.1.name"),
+    ("tenant_name_uppercase", {"  - name: globex\n": "  - name: Globex\n"}, "tenants.1.name"),
+    (
+        "role_grants_other_tenants_schema",
+        {'schema: "{tenant}"': "schema: globex"},
+        "must contain {tenant}",
+    ),
+    (
+        "role_template_hits_other_tenants_schema",
+        {
+            "  - name: acme\n": "  - name: acme\n    schemas: [acme, globex_x]\n",
+            "  - name: globex\n": "  - name: globex\n    schemas: [globex, globex_x]\n",
+        },
+        "already belongs",
+    ),
+    (
+        "unknown_tenant_in_role",
+        {"tenants: [acme, globex]": "tenants: [acme, initech]"},
+        "unknown tenant",
+    ),
+    ("unknown_connection", {"connection: pg": "connection: mysql"}, "unknown"),
+    ("threshold_one", {"threshold: 2": "threshold: 1"}, "approvals.threshold"),
+    ("threshold_zero", {"threshold: 2": "threshold: 0"}, "approvals.threshold"),
+    ("threshold_above_approvers", {"threshold: 2": "threshold: 4"}, "higher than"),
+    ("duplicate_approver", {"[alice, bob, carol]": "[alice, alice]"}, "duplicate approver"),
+    (
+        "bad_duration",
+        {"    secrets: [api_key]\n": "    secrets: [api_key]\n    max_session: soon\n"},
+        "duration",
+    ),
+    (
+        "no_trust_source",
+        {"  public_keys:\n": "  jwks_url: https://x.example/jwks\n  public_keys:\n"},
+        "exactly one",
+    ),
+    ("anchors", {"version: 1\n": "version: 1\nx: &a [1]\ny: *a\n"}, "anchors"),
+    ("empty_file", {}, ""),
+]
+
+
+@pytest.mark.parametrize(("replace", "expected"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_config_is_refused(replace: dict[str, str], expected: str) -> None:
+    text = valid_yaml(**replace) if replace else ""
+    with pytest.raises(ConfigError) as err:
+        loader.parse(text, "clawql.yaml")
+    assert expected in err.value.message
+    assert "clawql.yaml" in err.value.message
+
+
+def test_error_names_the_line() -> None:
+    text = valid_yaml(**{"  - name: globex\n": "  - name: glo/bex\n"})
+    line = text.splitlines().index("  - name: glo/bex") + 1
+    with pytest.raises(ConfigError) as err:
+        loader.parse(text, "clawql.yaml")
+    assert f"line {line}: tenants.1.name" in err.value.message
+
+
+def test_cross_field_error_names_the_line() -> None:
+    text = valid_yaml(**{"tenants: [acme, globex]": "tenants: [acme, initech]"})
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "initech" in ln)
+    with pytest.raises(ConfigError) as err:
+        loader.parse(text)
+    assert f"line {line}: roles.0.tenants.1" in err.value.message
+
+
+def test_example_config_is_valid() -> None:
+    from pathlib import Path
+
+    text = Path("examples/clawql.yaml").read_text()
+    pem = valid_yaml().split("    - |\n")[1].split("tenants:")[0]
+    text = text.replace(
+        "  public_key_files: [../.clawql/issuer/public.pem]\n", "  public_keys:\n    - |\n" + pem
+    )
+    state = loader.parse(text, "examples/clawql.yaml")
+    assert len(state.tenants) == 2 and len(state.roles) >= 3
