@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clawql_secrets.hsm import commands as hsm_commands
     from clawql_secrets.policy import commands as policy_commands
     from clawql_secrets.provision import commands as provision_commands
+    from clawql_secrets.scan import commands as scan_commands
 
     parser = argparse.ArgumentParser(
         prog="clawql-secrets",
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_commands.register_breakglass(sub)
     hsm_commands.register(sub)
     audit_commands.register(sub)
+    scan_commands.register(sub)
     provision_commands.register(sub)
     policy_commands.register(sub)
     gateway_commands.register(sub)
