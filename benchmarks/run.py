@@ -15,6 +15,9 @@ MODULES = [
     "benchmarks.bench_cluster",
     "benchmarks.bench_audit",
     "benchmarks.bench_redact",
+    "benchmarks.bench_shipper",
+    "benchmarks.bench_provision",
+    "benchmarks.bench_gateway",
 ]
 
 

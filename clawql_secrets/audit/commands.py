@@ -1,4 +1,4 @@
-"""CLI: ``audit verify``, ``audit prove`` and ``audit check-proof``.
+"""CLI: ``audit ship``, ``audit verify``, ``audit prove``, ``audit check-proof``, ``audit query``.
 
 Exit codes carry the verdict: 0 only when everything checked holds. Every
 problem is printed with where it was found; secrets never appear because the
@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from clawql_secrets.audit import layout, verify
 from clawql_secrets.audit.checkpoint import Checkpoint, VerifierKey, open_checkpoint
-from clawql_secrets.audit.store import LocalWormStore
+from clawql_secrets.audit.store import LocalWormStore, WormStore
 from clawql_secrets.errors import ConfigError, InputError
 
 
@@ -35,6 +38,11 @@ def register(sub: Any) -> None:
         metavar="NOTE",
         help="a signed checkpoint kept outside the store; the log must still extend it",
     )
+    p.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="a Prometheus server: every checkpoint (size, root) it recorded must fit the log",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_verify)
 
@@ -51,9 +59,31 @@ def register(sub: Any) -> None:
     p.add_argument("proof", type=Path, help="the proof JSON file ('-' for stdin)")
     p.set_defaults(func=_check_proof)
 
+    p = asub.add_parser(
+        "query", help="entries of an agent (optionally tenant, path, time), each with its proof"
+    )
+    _store(p)
+    _pubkey(p, required=True)
+    p.add_argument("--agent", required=True, help="entity id, display name or agent name")
+    p.add_argument("--tenant", help="auth metadata tenant")
+    p.add_argument("--path", help="request path, or a shell-style pattern (secret/data/x/*)")
+    p.add_argument("--since", help="ISO 8601 time with zone (inclusive)")
+    p.add_argument("--until", help="ISO 8601 time with zone (inclusive)")
+    p.add_argument("--stream", action="append", default=[], help="only these streams")
+    p.set_defaults(func=_query)
+
+    p = asub.add_parser("ship", help="tail, redact and ship the nodes' audit files (foreground)")
+    p.add_argument("--config", type=Path, required=True, help="shipper configuration (JSON/YAML)")
+    p.set_defaults(func=_ship)
+
 
 def _store(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", type=Path, required=True, help="the local write-once directory")
+    p.add_argument(
+        "--store",
+        required=True,
+        help="the local write-once directory, or s3://bucket[/prefix] (boto3 credentials)",
+    )
+    p.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint (for S3-compatible stores)")
     p.add_argument(
         "--origin-prefix",
         default=layout.DEFAULT_ORIGIN_PREFIX,
@@ -76,10 +106,19 @@ def _verifier(args: argparse.Namespace) -> VerifierKey | None:
     return None if args.pubkey is None else VerifierKey.parse(args.pubkey)
 
 
-def _open_store(args: argparse.Namespace) -> LocalWormStore:
-    if not args.store.is_dir():
-        raise InputError(f"audit store {args.store} is not a directory")
-    return LocalWormStore(args.store)
+def _open_store(args: argparse.Namespace) -> WormStore:
+    if str(args.store).startswith("s3://"):
+        from clawql_secrets.audit.s3store import S3Location, S3WormStore, make_client
+
+        store = S3WormStore(
+            make_client(endpoint_url=args.s3_endpoint), S3Location.parse(str(args.store))
+        )
+        store.check_bucket()
+        return store
+    path = Path(args.store)
+    if not path.is_dir():
+        raise InputError(f"audit store {path} is not a directory")
+    return LocalWormStore(path)
 
 
 def _read(path: Path) -> bytes:
@@ -96,6 +135,14 @@ def _verify(args: argparse.Namespace) -> int:
     known: list[Checkpoint] = []
     for path in args.known:
         known.append(open_checkpoint(_read(path), verifier))
+    if args.prometheus:
+        from clawql_secrets.audit.query import prometheus_heads
+
+        heads = prometheus_heads(args.prometheus)
+        if not heads:
+            raise InputError(f"Prometheus at {args.prometheus} holds no audit checkpoint record")
+        known.extend(h.checkpoint for h in heads)
+        print(f"checking {len(heads)} tree heads recorded by Prometheus", file=sys.stderr)
     result = verify.report(
         _open_store(args), verifier, origin_prefix=args.origin_prefix, known=known
     )
@@ -139,4 +186,72 @@ def _check_proof(args: argparse.Namespace) -> int:
     proof = verify.InclusionProof.from_json(document)
     cp = verify.check_inclusion(proof, verifier, origin_prefix=args.origin_prefix)
     print(f"entry {proof.index} of stream {proof.stream!r} is in the log at tree size {cp.size}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from clawql_secrets.audit.query import QueryFilter, parse_time, query
+
+    verifier = _verifier(args)
+    if verifier is None:
+        raise InputError("a verifier key is required")
+    flt = QueryFilter(
+        agent=args.agent,
+        tenant=args.tenant,
+        path=args.path,
+        since=None if args.since is None else parse_time(args.since),
+        until=None if args.until is None else parse_time(args.until),
+    )
+    matches = query(
+        _open_store(args),
+        verifier,
+        flt,
+        origin_prefix=args.origin_prefix,
+        only_streams=args.stream,
+    )
+    print(json.dumps({"matches": [m.to_json() for m in matches]}, indent=2))
+    return 0
+
+
+def _ship(args: argparse.Namespace) -> int:
+    from clawql_secrets.audit.metrics import registry_for
+    from clawql_secrets.audit.ship_config import load_config, open_signer, open_store
+    from clawql_secrets.audit.shipper import Shipper
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("clawql_secrets").setLevel(logging.INFO)
+    config = load_config(args.config)
+    store = open_store(config.store)
+    signer, release = open_signer(config.signer)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = None
+    try:
+        with Shipper(config.sources(), store, signer, config.settings()) as shipper:
+            if config.metrics is not None:
+                from prometheus_client import start_http_server
+
+                try:
+                    server, _ = start_http_server(
+                        config.metrics.port,
+                        addr=config.metrics.host,
+                        registry=registry_for(shipper.metrics),
+                    )
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot serve metrics on {config.metrics.host}:{config.metrics.port}"
+                    ) from exc
+                print(
+                    f"metrics on http://{config.metrics.host}:{server.server_port}/metrics",
+                    flush=True,
+                )
+            print(f"shipping {', '.join(shipper.streams)}", flush=True)
+            shipper.run(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        release()
+    print("stopped", flush=True)
     return 0

@@ -46,6 +46,8 @@ from clawql_secrets.hsm import envelope, pinguard
 
 DEFAULT_LIB_PATH = Path("/usr/lib/softhsm/libsofthsm2.so")
 KEY_BYTES = 32
+# DER of the Ed25519 curve OID 1.3.101.112 (RFC 8410), as CKA_EC_PARAMS.
+_ED25519_PARAMS = bytes.fromhex("06032b6570")
 
 # One lock for every PKCS#11 call in the process (see the module docstring).
 _PKCS11_LOCK = threading.RLock()
@@ -627,6 +629,91 @@ class HSMToken:
             key_name=self.key_name,
             versions=tuple(self.key_info(v) for v in versions),
         )
+
+    # -- Ed25519 signing keys (the audit log's checkpoint signer) ------------
+
+    def ed25519_public_key(self, label: str, *, generate: bool = False) -> bytes:
+        """The raw 32-byte public key of the Ed25519 pair labelled ``label``.
+
+        With ``generate``, a missing pair is generated in the token: private
+        half sensitive, never extractable, usable only to sign. An existing
+        private key that is extractable or not sensitive is refused.
+        """
+        doing = f"finding Ed25519 key {label!r}"
+        with _PKCS11_LOCK:
+            try:
+                priv = self._ed25519_object(label, ObjectClass.PRIVATE_KEY)
+                pub = self._ed25519_object(label, ObjectClass.PUBLIC_KEY)
+                if priv is None and pub is None and generate:
+                    doing = f"generating Ed25519 key {label!r}"
+                    pub, priv = self._session().generate_keypair(
+                        KeyType.EC_EDWARDS,
+                        mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+                        store=True,
+                        label=label,
+                        public_template={
+                            Attribute.EC_PARAMS: _ED25519_PARAMS,
+                            Attribute.TOKEN: True,
+                            Attribute.VERIFY: True,
+                            Attribute.LABEL: label,
+                        },
+                        private_template={
+                            Attribute.TOKEN: True,
+                            Attribute.PRIVATE: True,
+                            Attribute.SENSITIVE: True,
+                            Attribute.EXTRACTABLE: False,
+                            Attribute.SIGN: True,
+                            Attribute.DERIVE: False,
+                            Attribute.LABEL: label,
+                        },
+                    )
+                if priv is None or pub is None:
+                    raise KeyVersionMissing(
+                        f"token {self.token_label!r} holds no complete Ed25519 key pair {label!r}"
+                    )
+                if priv[Attribute.EXTRACTABLE] or not priv[Attribute.SENSITIVE]:
+                    raise HSMError(
+                        f"Ed25519 key {label!r} is extractable or not sensitive: refusing it",
+                        fix="generate a new signing key in the token under another label",
+                    )
+                point = bytes(pub[Attribute.EC_POINT])
+            except p11e.PKCS11Error as exc:
+                raise _hsm_error(exc, doing) from exc
+        # CKA_EC_POINT is a DER OCTET STRING (04 20 || key); some tokens give the raw key.
+        if len(point) == 34 and point[:2] == b"\x04\x20":
+            return point[2:]
+        if len(point) == 32:
+            return point
+        raise HSMError(f"Ed25519 key {label!r} has a malformed public point")
+
+    def sign_ed25519(self, label: str, message: bytes) -> bytes:
+        """A 64-byte Ed25519 signature (CKM_EDDSA) by the private key labelled ``label``."""
+        with _PKCS11_LOCK:
+            try:
+                priv = self._ed25519_object(label, ObjectClass.PRIVATE_KEY)
+                if priv is None:
+                    raise KeyVersionMissing(f"token {self.token_label!r} has no Ed25519 {label!r}")
+                signature = cast(pkcs11.types.SignMixin, priv).sign(
+                    message, mechanism=Mechanism.EDDSA
+                )
+            except p11e.PKCS11Error as exc:
+                raise _hsm_error(exc, f"signing with Ed25519 key {label!r}") from exc
+        return _as_bytes(signature)
+
+    def _ed25519_object(self, label: str, cls: ObjectClass) -> Any | None:
+        """The one object of class ``cls`` for the Ed25519 ``label``; caller holds the lock."""
+        found = list(
+            self._session().get_objects(
+                {
+                    Attribute.CLASS: cls,
+                    Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
+                    Attribute.LABEL: label,
+                }
+            )
+        )
+        if len(found) > 1:
+            raise HSMError(f"{len(found)} Ed25519 keys carry the label {label!r}")
+        return found[0] if found else None
 
 
 def set_initial_pins(
