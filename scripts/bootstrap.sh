@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+# A real Prometheus scrapes the audit shipper in the tests.
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing system packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

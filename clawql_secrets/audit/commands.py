@@ -223,6 +223,15 @@ def _ship(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     store = open_store(config.store)
     signer, release = open_signer(config.signer)
+    if config.verifier_file is not None:
+        from clawql_secrets.audit.ship_config import verifier_of
+
+        try:
+            config.verifier_file.parent.mkdir(parents=True, exist_ok=True)
+            config.verifier_file.write_text(str(verifier_of(signer)) + "\n", encoding="utf-8")
+        except OSError as exc:
+            release()
+            raise ConfigError(f"cannot write the verifier key to {config.verifier_file}") from exc
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

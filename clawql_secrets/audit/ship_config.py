@@ -97,6 +97,8 @@ class ShipConfig(_Strict):
     retry_seconds: float = Field(default=5.0, gt=0, le=3600)
     origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX
     max_pending_entries: int = Field(default=200_000, ge=1)
+    # Where to publish the checkpoint verifier key (public) for `audit verify --pubkey-file`.
+    verifier_file: Path | None = None
     metrics: MetricsConfig | None = None
 
     def resolved(self, base: Path) -> ShipConfig:
@@ -250,6 +252,7 @@ def stack_config(
         ),
         interval_seconds=interval_seconds,
         metrics=MetricsConfig(port=metrics_port) if metrics_port else None,
+        verifier_file=audit / "verifier.txt",
     )
 
 

@@ -81,7 +81,17 @@ path "sys/auth" { capabilities = ["read", "list"] }
 path "sys/auth/*" { capabilities = ["create", "read", "update", "delete", "sudo"] }
 path "sys/policies/acl" { capabilities = ["list"] }
 path "sys/policies/acl/*" { capabilities = ["read", "list"] }
-path "auth/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+# Which policies a login carries is part of an approved change, never the
+# provisioner's: it may not set them on any role, user or group of any auth
+# mount, new ones included (an empty list denies the parameter whatever its
+# value: JSON list, string, comma-separated string). See ADR 0007.
+path "auth/*" {
+  capabilities = ["create", "read", "update", "delete", "list"]
+  denied_parameters = {
+    "token_policies" = []
+    "policies" = []
+  }
+}
 path "auth/token/*" { capabilities = ["deny"] }
 path "database/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "database/creds/*" { capabilities = ["deny"] }
@@ -95,6 +105,8 @@ path "sys/policies/acl/*" { capabilities = ["read", "list"] }
 # The service identities' own mount and the change-control records are not provisioned.
 path "auth/workload/*" { capabilities = ["deny"] }
 path "sys/auth/workload" { capabilities = ["deny"] }
+# "sys/auth/workload/" (trailing slash) and ".../tune" are other paths to the same mount.
+path "sys/auth/workload/*" { capabilities = ["deny"] }
 path "secret/metadata/clawql-change/*" { capabilities = ["deny"] }
 """,
 )
@@ -110,6 +122,16 @@ path "sys/policies/acl/*" { capabilities = ["create", "read", "update", "delete"
 path "sys/policies/acl/clawql-*" { capabilities = ["deny"] }
 path "sys/auth" { capabilities = ["read"] }
 path "identity/entity/id/*" { capabilities = ["read"] }
+# Binding an applied agent-<role> policy to the agents' JWT role <role> (ADR 0007):
+# only existing roles ("update", no "create"), only their token_policies.
+path "auth/+/role/*" {
+  capabilities = ["read", "update", "list"]
+  allowed_parameters = {
+    "role_type" = ["jwt"]
+    "token_policies" = []
+  }
+}
+path "auth/workload/*" { capabilities = ["deny"] }
 path "secret/data/clawql-change/*" { capabilities = ["read"] }
 path "secret/data/clawql-change/applied/*" { capabilities = ["create", "read"] }
 path "secret/metadata/clawql-change/*" { capabilities = ["read", "list"] }

@@ -107,6 +107,7 @@ def _up(args: argparse.Namespace) -> int:
         console.print(f"  OpenBao {node}: {settings.api_addr(node)}")
     console.print(f"  HSM bridge: {settings.bridge_addr}")
     console.print(f"  CA for clients: {settings.node_ca_dir / 'ca.pem'}")
+    console.print(f"  audit log (Merkle, write-once): {settings.audit_dir / 'store'}")
     console.print(f"  logs: {settings.log_dir}")
     if res.initialised_now:
         console.print(
@@ -162,6 +163,14 @@ def _print_status(st: dict[str, Any]) -> None:
         )
     else:
         console.print(f"HSM bridge: [red]down[/] ({b.get('error', 'no answer')})")
+    a = st.get("audit") or {}
+    state = "up" if a.get("shipper_pid") else "[red]down[/]"
+    console.print(f"audit shipper: {state}; store {a.get('store')}; metrics {a.get('metrics')}")
+    if a.get("verifier_key_file"):
+        console.print(
+            f"  verify: clawql-secrets audit verify --store {a.get('store')} "
+            f"--pubkey-file {a['verifier_key_file']}"
+        )
     if "raft_error" in st:
         console.print(f"raft: [yellow]{st['raft_error']}[/]")
 

