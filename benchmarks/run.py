@@ -1,24 +1,32 @@
-"""Runs every benchmark and rewrites docs/benchmarks.md. Usage: make bench."""
+"""Runs the benchmarks and rewrites docs/benchmarks.md.
+
+Usage: ``make bench`` (all), or ``python -m benchmarks.run bench_hsm bench_cluster``
+to re-run some: the sections of the others are kept as they were, each marked
+with the commit and date it was measured at.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 MODULES = [
-    "benchmarks.bench_hsm",
-    "benchmarks.bench_cluster",
-    "benchmarks.bench_audit",
-    "benchmarks.bench_redact",
-    "benchmarks.bench_shipper",
-    "benchmarks.bench_provision",
-    "benchmarks.bench_gateway",
+    "bench_hsm",
+    "bench_cluster",
+    "bench_audit",
+    "bench_redact",
+    "bench_shipper",
+    "bench_provision",
+    "bench_gateway",
 ]
+OUT = Path("docs/benchmarks.md")
+_SECTION = re.compile(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->\n", re.DOTALL)
 
 
 def _machine() -> str:
@@ -38,36 +46,39 @@ def _machine() -> str:
 
 
 def main(argv: list[str]) -> int:
-    only = set(argv)
-    sections = []
-    for name in MODULES:
-        if only and name.rsplit(".", 1)[1] not in only:
-            continue
-        try:
-            mod = importlib.import_module(name)
-        except ImportError as exc:
-            print(f"skip {name}: {exc}", file=sys.stderr)
-            continue
-        print(f"running {name} ...", file=sys.stderr)
-        t0 = time.monotonic()
-        sections.append(mod.run())
-        print(f"  done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    wanted = [m for m in MODULES if not argv or m in argv]
+    unknown = set(argv) - set(MODULES)
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    old = dict(_SECTION.findall(OUT.read_text())) if OUT.exists() else {}
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    out = Path("docs/benchmarks.md")
+    stamp = (
+        f"_Measured at commit `{commit}` on {time.strftime('%Y-%m-%d %H:%M')} UTC, {_machine()}._"
+    )
+    sections = dict(old)
+    for name in wanted:
+        print(f"running {name} ...", file=sys.stderr)
+        t0 = time.monotonic()
+        body = importlib.import_module(f"benchmarks.{name}").run()
+        sections[name] = f"{body.rstrip()}\n\n{stamp}\n"
+        print(f"  done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     header = [
         "# Benchmarks",
         "",
-        "Produced by `make bench` (= `.venv/bin/python -m benchmarks.run`), "
-        f"commit `{commit}`, {time.strftime('%Y-%m-%d')}.",
-        f"Machine: {_machine()}. Clients share the cores with the servers, so absolute",
-        "figures are lower bounds and noisy; ratios against a baseline measured in the",
-        "same run are the figures to compare.",
+        "Produced by `make bench` (= `.venv/bin/python -m benchmarks.run`; one module:",
+        "`.venv/bin/python -m benchmarks.run bench_hsm`). Clients share the 2 cores with",
+        "the servers, so absolute figures are lower bounds and noisy; the ratios against",
+        "a baseline measured in the same run are the figures to compare.",
         "",
     ]
-    out.write_text("\n".join(header + sections))
-    print(f"wrote {out}", file=sys.stderr)
+    parts = [
+        f"<!-- bench:{m} -->\n{sections[m]}<!-- /bench:{m} -->\n" for m in MODULES if m in sections
+    ]
+    OUT.write_text("\n".join(header) + "\n" + "\n".join(parts))
+    print(f"wrote {OUT}", file=sys.stderr)
     return 0
 
 

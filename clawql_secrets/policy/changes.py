@@ -35,6 +35,7 @@ from clawql_secrets.policy.approvals import (
     evaluate,
     verify,
 )
+from clawql_secrets.policy.binding import Binding, bind_agent_roles
 from clawql_secrets.provision.model import Approvals
 
 ROOT = "clawql-change"
@@ -203,19 +204,33 @@ class Review:
     proposal: Proposal
     result: ApprovalResult
     live: Mapping[str, str | None]
+    # Agents' JWT roles whose token_policies the apply changed (ADR 0007).
+    bound: tuple[Binding, ...] = ()
 
 
 class ApprovalController:
-    """The only identity that writes policies, and only after ``verify`` passed."""
+    """The only identity that writes policies, and only after ``verify`` passed.
+
+    It is also the only one that binds a policy to the agents' logins: after
+    writing the approved policies it makes role ``<role>`` on ``agents_mount``
+    carry exactly ``agent-<role>`` (``policy.binding``), since the provisioner
+    may not set any role's policies.
+    """
 
     def __init__(
-        self, client: OpenBaoClient, token: str, approvals: Approvals, approver_accessor: str
+        self,
+        client: OpenBaoClient,
+        token: str,
+        approvals: Approvals,
+        approver_accessor: str,
+        agents_mount: str | None = None,
     ) -> None:
         self.reader = _Reader(client, token)
         self.client = client
         self._token = token
         self.cfg = approvals
         self.accessor = approver_accessor
+        self.agents_mount = agents_mount
         self._names: dict[str, str | None] = {}
 
     def approver_name(self, entity_id: str) -> str | None:
@@ -267,8 +282,19 @@ class ApprovalController:
                 self.client.delete(f"sys/policies/acl/{name}", token=self._token)
             else:
                 self.client.write(f"sys/policies/acl/{name}", {"policy": text}, token=self._token)
+        bound = tuple(self.bind())
         self.reader._create(
             f"applied/{pid}",
-            {"content_hash": review.proposal.content_hash, "applied_at": int(time.time())},
+            {
+                "content_hash": review.proposal.content_hash,
+                "applied_at": int(time.time()),
+                "bound": [b.describe() for b in bound],
+            },
         )
-        return review
+        return Review(review.proposal, review.result, review.live, bound)
+
+    def bind(self) -> list[Binding]:
+        """Bind each agents' role to its approved policy (idempotent; ADR 0007)."""
+        if self.agents_mount is None:
+            return []
+        return bind_agent_roles(self.client, self._token, self.agents_mount)

@@ -1,4 +1,4 @@
-"""CLI: ``policy lint|test|propose|approve|reject|apply|list|show``.
+"""CLI: ``policy lint|test|propose|approve|reject|apply|bind|list|show``.
 
 People act as themselves (``--as NAME``: a login through the change-participant
 role; locally the stack's issuer stands in for the people's identity
@@ -56,6 +56,14 @@ def register(sub: Any) -> None:
     p.add_argument("id")
     p.set_defaults(func=_apply)
 
+    p = psub.add_parser(
+        "bind",
+        help="bind each agent role to its approved agent-<role> policy (as the approval "
+        "controller; apply does this too)",
+    )
+    add_common(p)
+    p.set_defaults(func=_bind)
+
     p = psub.add_parser("list", help="proposals and their approval state")
     add_common(p)
     p.set_defaults(func=_list)
@@ -96,7 +104,11 @@ def _controller(args: argparse.Namespace) -> tuple[Any, ApprovalController]:
     _, client, issuer = open_stack(args.data_dir)
     token = bootstrap.login(client, issuer, bootstrap.APPROVAL_CONTROLLER)
     return client, ApprovalController(
-        client, token, state.approvals, workload_accessor(client, token)
+        client,
+        token,
+        state.approvals,
+        workload_accessor(client, token),
+        agents_mount=state.session_issuer.mount,
     )
 
 
@@ -150,6 +162,19 @@ def _apply(args: argparse.Namespace) -> int:
     with client:
         review = ctl.apply(args.id)
     print(f"applied {args.id}: {', '.join(sorted(review.proposal.policies))}")
+    for b in review.bound:
+        print(f"bound {b.describe()}")
+    return 0
+
+
+def _bind(args: argparse.Namespace) -> int:
+    client, ctl = _controller(args)
+    with client:
+        changed = ctl.bind()
+    for b in changed:
+        print(f"bound {b.describe()}")
+    if not changed:
+        print("every agent role already carries exactly its approved policy")
     return 0
 
 

@@ -5,6 +5,9 @@ for real (a session JWT through the agents' JWT mount) and OpenBao is asked,
 with that agent's own token, what it may do on its own paths (allowed) and on
 a sibling agent's, another tenant's, the deny blocks' and ``sys/`` paths (all
 denied); denied secret paths are also read for real and must answer 403.
+Every login must also carry exactly ``default`` and the role's own
+``agent-<role>`` policy (bound by the approval controller, ADR 0007): no other
+policy, and not none.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import OpenBaoError, SecurityError
-from clawql_secrets.policy.generate import DENIED
+from clawql_secrets.policy.generate import DENIED, POLICY_PREFIX
 from clawql_secrets.provision.model import DesiredState
 from clawql_secrets.provision.render import DB_MOUNT, KV_MOUNT, PKI_INT, db_role_name, pki_role_name
 
@@ -64,6 +67,8 @@ class Outcome:
 class MatrixResult:
     outcomes: list[Outcome] = field(default_factory=list)
     login_refusals: list[tuple[str, str, bool]] = field(default_factory=list)  # role, tenant, ok
+    # role, subject, the policies the login carried, when not exactly its own
+    wrong_policies: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
 
     @property
     def failures(self) -> list[Outcome]:
@@ -71,7 +76,12 @@ class MatrixResult:
 
     @property
     def ok(self) -> bool:
-        return bool(self.outcomes) and not self.failures and all(r[2] for r in self.login_refusals)
+        return (
+            bool(self.outcomes)
+            and not self.failures
+            and not self.wrong_policies
+            and all(r[2] for r in self.login_refusals)
+        )
 
     def render(self) -> str:
         lines = []
@@ -82,6 +92,11 @@ class MatrixResult:
                 f"{mark} {o.case.role:<12} {o.case.agent.subject:<20} {want} {o.case.label:<16} "
                 f"{o.case.path} caps={list(o.capabilities)}"
                 + (f" read={o.status}" if o.status is not None else "")
+            )
+        for role, subject, got in self.wrong_policies:
+            lines.append(
+                f"FAIL {role:<12} {subject:<20} login carries {list(got)}, not exactly "
+                f"['agent-{role}', 'default'] (run `policy bind` after an approved apply?)"
             )
         for role, tenant, ok in self.login_refusals:
             lines.append(f"{'ok  ' if ok else 'FAIL'} {role:<12} login as tenant {tenant} refused")
@@ -178,9 +193,13 @@ def run(
         resp = client.request(
             "POST", f"auth/{si.mount}/login", body={"role": role, "jwt": jwt}, token=""
         )
-        tok = str((resp.get("auth") or {}).get("client_token") or "")
+        auth = resp.get("auth") or {}
+        tok = str(auth.get("client_token") or "")
         if not tok:
             raise SecurityError(f"login of synthetic agent {a.subject} as {role} gave no token")
+        got = tuple(sorted(str(p) for p in auth.get("policies") or ()))
+        if got != tuple(sorted(("default", POLICY_PREFIX + role))):
+            result.wrong_policies.append((role, a.subject, got))
         return tok
 
     try:

@@ -47,7 +47,6 @@ ORDER = (
 UNORDERED = frozenset(
     {
         "bound_audiences",
-        "token_policies",
         "allowed_roles",
         "allowed_client_ids",
         "jwt_validation_pubkeys",
@@ -353,7 +352,8 @@ def _jwt_role(state: DesiredState, role: AgentRole) -> dict[str, Any]:
         "bound_claims_type": "string",
         "user_claim": si.user_claim,
         "claim_mappings": dict(CLAIM_MAPPINGS),
-        "token_policies": [role.policy_name],
+        # No token_policies: the provisioner is denied that parameter on every auth
+        # path; the approval controller binds agent-<role> (ADR 0007).
         "token_type": si.token_type,
         "token_ttl": role.max_session,
         "token_max_ttl": role.max_session,

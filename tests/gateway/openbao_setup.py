@@ -13,7 +13,9 @@ role, and nothing with a root token:
   and one dynamic role per (agent role, tenant) confined to the tenant's
   schema, whose revocation terminates the user's backends and drops it;
 - as the APPROVAL_CONTROLLER identity: the agent role's identity-templated
-  policy (``database/creds/<role>-<tenant of the caller's entity alias>``).
+  policy (``database/creds/<role>-<tenant of the caller's entity alias>``),
+  then its binding to the role (``token_policies``, which the provisioner may
+  not set; ADR 0007), as ``policy apply`` does.
 
 PostgreSQL side (as the local superuser, test-only): a database, an admin
 role for the engine (its password is rotated by OpenBao right away), one
@@ -32,6 +34,7 @@ from psycopg import sql
 from clawql_secrets.cluster import bootstrap
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.issuer import LocalIssuer
+from clawql_secrets.policy.binding import bind_agent_roles
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 SESSIONS_MOUNT = "sessions"
@@ -179,7 +182,7 @@ def configure(
                 "token_type": "batch",
                 "token_ttl": "1h",
                 "token_max_ttl": "1h",
-                "token_policies": [f"agent-{agent_role}"],
+                # No token_policies: the provisioner is denied them (ADR 0007).
             },
         )
         w(f"sys/mounts/{DB_MOUNT}", {"type": "database"})
@@ -228,6 +231,7 @@ def configure(
             token=controller,
             retry_for=30,
         )
+        bind_agent_roles(client, controller, SESSIONS_MOUNT)
     finally:
         with contextlib.suppress(Exception):
             client.request("POST", "auth/token/revoke-self", token=controller, retry_for=2)

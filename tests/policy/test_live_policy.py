@@ -1,14 +1,17 @@
 """Four-eyes change control and the capability matrix on a real cluster.
 
-One stack; tests run in order: refusals first, then the approved apply, then
-the matrix against the policies that apply wrote.
+One stack; tests run in order: refusals first (including the provisioner's
+attempts to give a login a policy of its choosing, ADR 0007), then the
+approved apply (which also binds each agent role to its policy), then the
+matrix against the policies that apply wrote.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -74,8 +77,24 @@ class Env:
     def controller(self) -> ApprovalController:
         tok = bootstrap.login(self.client, self.issuer, bootstrap.APPROVAL_CONTROLLER)
         return ApprovalController(
-            self.client, tok, self.state.approvals, workload_accessor(self.client, tok)
+            self.client,
+            tok,
+            self.state.approvals,
+            workload_accessor(self.client, tok),
+            agents_mount=self.state.session_issuer.mount,
         )
+
+    def provisioner(self) -> str:
+        return bootstrap.login(self.client, self.issuer, bootstrap.PROVISIONER)
+
+    def agent_login(self, role: str, tenant: str = "acme") -> dict[str, Any]:
+        jwt = self.issuer.mint(
+            f"{tenant}/esc", "clawql-gateway", tenant=tenant, agent="esc", agent_role=role
+        )
+        resp = self.client.request(
+            "POST", "auth/agents/login", body={"role": role, "jwt": jwt}, token=""
+        )
+        return dict(resp["auth"])
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +107,128 @@ def env(live_stack: StackSettings) -> Iterator[Env]:
         accessor = prov.accessor("agents")
         assert accessor
         yield Env(client, issuer, state, generate.generate(state, accessor))
+
+
+def status_of(call: Callable[..., object], *args: Any, **kwargs: Any) -> int | None:
+    """The HTTP status OpenBao refused ``call(*args, **kwargs)`` with, or None if allowed."""
+    try:
+        call(*args, **kwargs)
+    except OpenBaoError as exc:
+        return exc.status
+    return None
+
+
+CONTROLLER = bootstrap.APPROVAL_CONTROLLER.policy
+# Every form in which a write could name a policy: JSON list, string, comma
+# string (which an allowed_parameters glob would have let through), the legacy
+# "policies" alias, and key case variants.
+ESCALATIONS: tuple[tuple[str, object], ...] = (
+    ("token_policies", [CONTROLLER]),
+    ("token_policies", CONTROLLER),
+    ("token_policies", f"agent-analyst,{CONTROLLER}"),
+    ("token_policies", ["agent-analyst", CONTROLLER]),
+    ("policies", [CONTROLLER]),
+    ("policies", f"agent-analyst,{CONTROLLER}"),
+    ("TOKEN_POLICIES", [CONTROLLER]),
+    ("Policies", CONTROLLER),
+)
+
+
+def test_agent_roles_carry_no_policy_before_an_approved_apply(env: Env) -> None:
+    assert env.agent_login("analyst")["policies"] == ["default"]
+
+
+def test_provisioner_cannot_give_a_login_any_policy(env: Env) -> None:
+    """Regression: the provisioner minting a clawql-approval-controller token."""
+    prov = env.provisioner()
+    c = env.client
+    # A JWT mount of its own, trusting a key it holds: allowed (that is its job)...
+    c.write("sys/auth/escalate", {"type": "jwt"}, token=prov)
+    try:
+        c.write(
+            "auth/escalate/config",
+            {
+                "jwt_validation_pubkeys": [env.issuer.public_pem()],
+                "bound_issuer": env.issuer.issuer,
+            },
+            token=prov,
+        )
+        role = {
+            "role_type": "jwt",
+            "bound_audiences": ["openbao"],
+            "bound_subject": "mallory",
+            "user_claim": "sub",
+        }
+        allowed = []
+        for mount in ("agents", "escalate"):
+            for param, value in ESCALATIONS:
+                for name in ("analyst", "esc"):  # an existing role and a new one
+                    got = status_of(
+                        c.write, f"auth/{mount}/role/{name}", {**role, param: value}, token=prov
+                    )
+                    if got != 403:
+                        allowed.append((mount, name, param, value, got))
+        # ...and the other auth types it can enable, each with its policy parameter.
+        for kind, path, body in (
+            ("userpass", "users/u", {"password": "pw-x", "token_policies": CONTROLLER}),
+            ("approle", "role/a", {"policies": [CONTROLLER]}),
+            ("cert", "certs/c", {"certificate": env.issuer.public_pem(), "policies": CONTROLLER}),
+        ):
+            c.write(f"sys/auth/escalate-{kind}", {"type": kind}, token=prov)
+            try:
+                got = status_of(c.write, f"auth/escalate-{kind}/{path}", body, token=prov)
+                if got != 403:
+                    allowed.append((kind, path, "", body, got))
+            finally:
+                c.delete(f"sys/auth/escalate-{kind}", token=prov)
+        assert not allowed, allowed
+        # A role without policies is fine, and its login carries nothing useful.
+        c.write("auth/escalate/role/esc", role, token=prov)
+        jwt = env.issuer.mint("mallory", "openbao")
+        auth = c.write("auth/escalate/login", {"role": "esc", "jwt": jwt}, token="")["auth"]
+        assert auth["policies"] == ["default"]
+        got = status_of(
+            c.write, "sys/policies/acl/agent-x", {"policy": ""}, token=auth["client_token"]
+        )
+        assert got == 403
+        # The sessions role still has none either.
+        assert c.read("auth/agents/role/analyst", token=prov)["data"]["token_policies"] == []
+    finally:
+        c.delete("sys/auth/escalate", token=prov)
+
+
+def test_provisioner_has_no_other_way_to_policies(env: Env) -> None:
+    prov, c = env.provisioner(), env.client
+    for method, path, body in (
+        ("POST", "identity/group", {"name": "g", "policies": [CONTROLLER]}),
+        ("POST", "identity/entity", {"name": "e", "policies": [CONTROLLER]}),
+        ("POST", "identity/group-alias", {"name": "g", "mount_accessor": "x"}),
+        ("POST", "auth/token/roles/r", {"allowed_policies": [CONTROLLER]}),
+        ("POST", "auth/token/create", {"policies": [CONTROLLER]}),
+        ("POST", f"sys/policies/acl/{CONTROLLER}", {"policy": ""}),
+        ("POST", "sys/policy/agent-x", {"policy": ""}),
+        ("POST", "auth/workload/role/provisioner", {"role_type": "jwt"}),
+        # The service identities' mount, also through its trailing-slash and tune paths.
+        ("DELETE", "sys/auth/workload/", None),
+        ("POST", "sys/auth/workload/tune", {"default_lease_ttl": "1h"}),
+    ):
+        got = status_of(c.request, method, path, body=body, token=prov)
+        assert got == 403, (method, path, got)
+
+
+def test_controller_binds_only_policies_of_existing_roles(env: Env) -> None:
+    tok = bootstrap.login(env.client, env.issuer, bootstrap.APPROVAL_CONTROLLER)
+    c = env.client
+    for path, body in (
+        ("auth/agents/role/newrole", {"role_type": "jwt", "token_policies": ["agent-x"]}),
+        ("auth/agents/role/analyst", {"role_type": "jwt", "bound_claims": {"tenant": ["x"]}}),
+        ("auth/agents/role/analyst", {"role_type": "oidc", "token_policies": ["agent-x"]}),
+        ("auth/workload/role/operator", {"role_type": "jwt", "token_policies": [CONTROLLER]}),
+    ):
+        assert status_of(c.write, path, body, token=tok) == 403, path
+    assert status_of(c.delete, "auth/agents/role/analyst", token=tok) == 403
+    # No approved policy exists yet: binding changes nothing.
+    assert env.controller().bind() == []
 
 
 def refused(ctl: ApprovalController, pid: str, text: str, now: float | None = None) -> None:
@@ -169,6 +310,13 @@ def test_approved_apply_writes_then_stale_proposals_refused(env: Env) -> None:
         env.person("carol").approve(p, h)
     review = env.controller().apply(pid)
     assert review.result.verified and len(review.result.signed) == 2
+    # The apply bound each agent role to its own policy, and only that.
+    assert {(b.role, b.after) for b in review.bound} == {
+        ("analyst", ("agent-analyst",)),
+        ("integrator", ("agent-integrator",)),
+    }
+    assert env.agent_login("analyst")["policies"] == ["agent-analyst", "default"]
+    assert env.controller().bind() == []
     ctl_token = bootstrap.login(env.client, env.issuer, bootstrap.APPROVAL_CONTROLLER)
     live = env.client.read("sys/policies/acl/agent-analyst", token=ctl_token)["data"]["policy"]
     assert live == env.policies["agent-analyst"]

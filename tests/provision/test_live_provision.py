@@ -25,6 +25,7 @@ from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.issuer import LocalIssuer
 from clawql_secrets.policy import generate
+from clawql_secrets.policy.binding import bind_agent_roles
 from clawql_secrets.provision import loader
 from clawql_secrets.provision.live import Provisioner
 from clawql_secrets.provision.model import DesiredState
@@ -235,13 +236,48 @@ def _agent_token(e: Env, tenant: str, agent: str, role: str) -> str:
 
 @pytest.fixture(scope="module")
 def policies_applied(env: Env) -> None:
-    # Test harness: write the generated policies as the approval controller (the
-    # four-eyes path itself is tested in tests/policy).
+    # Test harness: write the generated policies and bind them to the roles as the
+    # approval controller (the four-eyes path itself is tested in tests/policy).
     token = bootstrap.login(env.client, env.issuer, bootstrap.APPROVAL_CONTROLLER)
     accessor = env.prov.accessor("agents")
     assert accessor
     for name, text in generate.generate(env.state, accessor).items():
         env.client.write(f"sys/policies/acl/{name}", {"policy": text}, token=token)
+    bound = bind_agent_roles(env.client, token, "agents")
+    assert {b.role for b in bound} == {"analyst", "integrator"}
+
+
+def test_binding_survives_provisioner_updates_and_rebind_repairs_a_recreated_role(
+    env: Env, policies_applied: None
+) -> None:
+    # The provisioner neither sees nor fights the controller's binding...
+    assert not env.prov.plan(env.state)[1].pending
+    token = bootstrap.login(env.client, env.issuer, bootstrap.PROVISIONER)
+    role = env.client.read("auth/agents/role/integrator", token=token)["data"]
+    assert role["token_policies"] == ["agent-integrator"]
+    # ...an update of the role by the provisioner keeps it...
+    env.client.write(
+        "auth/agents/role/integrator", {"role_type": "jwt", "token_ttl": 9}, token=token
+    )
+    env.prov.apply(env.state, env={})
+    assert _policies(env, ACME, "i1", "integrator") == ["agent-integrator", "default"]
+    # ...a role it deletes and recreates comes back without policy, until the
+    # controller binds again (no new approval: the policy is already approved).
+    env.client.delete("auth/agents/role/integrator", token=token)
+    env.prov.apply(env.state, env={})
+    assert _policies(env, ACME, "i1", "integrator") == ["default"]
+    ctl = bootstrap.login(env.client, env.issuer, bootstrap.APPROVAL_CONTROLLER)
+    assert [b.role for b in bind_agent_roles(env.client, ctl, "agents")] == ["integrator"]
+    assert _policies(env, ACME, "i1", "integrator") == ["agent-integrator", "default"]
+
+
+def _policies(e: Env, tenant: str, agent: str, role: str) -> list[str]:
+    jwt = e.issuer.mint(
+        f"{tenant}/{agent}", "clawql-gateway", tenant=tenant, agent=agent, agent_role=role
+    )
+    resp = e.client.request("POST", "auth/agents/login", body={"role": role, "jwt": jwt}, token="")
+    e.client.request("POST", "auth/token/revoke-self", token=resp["auth"]["client_token"])
+    return list(resp["auth"]["policies"])
 
 
 def test_pg_creds_read_own_schema_only_and_revocation_drops_and_terminates(
