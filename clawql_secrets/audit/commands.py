@@ -1,4 +1,4 @@
-"""CLI: ``audit ship``, ``audit verify``, ``audit prove``, ``audit check-proof``, ``audit query``.
+"""CLI: ``audit ship|verify|prove|consistency|check-proof|query``.
 
 Exit codes carry the verdict: 0 only when everything checked holds. Every
 problem is printed with where it was found; secrets never appear because the
@@ -53,7 +53,19 @@ def register(sub: Any) -> None:
     p.add_argument("--index", type=int, required=True, help="0-based entry index")
     p.set_defaults(func=_prove)
 
-    p = asub.add_parser("check-proof", help="check an inclusion proof printed by `audit prove`")
+    p = asub.add_parser(
+        "consistency", help="print a consistency proof between two signed sizes of a stream"
+    )
+    _store(p)
+    _pubkey(p, required=False)
+    p.add_argument("--stream", required=True, help="log stream (one per OpenBao node)")
+    p.add_argument("--old", type=int, required=True, help="the older signed tree size")
+    p.add_argument("--new", type=int, required=True, help="the newer signed tree size")
+    p.set_defaults(func=_consistency)
+
+    p = asub.add_parser(
+        "check-proof", help="check a proof printed by `audit prove` or `audit consistency`"
+    )
     _pubkey(p, required=True)
     p.add_argument("--origin-prefix", default=layout.DEFAULT_ORIGIN_PREFIX)
     p.add_argument("proof", type=Path, help="the proof JSON file ('-' for stdin)")
@@ -183,9 +195,30 @@ def _check_proof(args: argparse.Namespace) -> int:
         document = json.loads(_read(args.proof))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{args.proof} is not JSON") from exc
+    if isinstance(document, dict) and document.get("format") == verify.CONSISTENCY_FORMAT:
+        cons = verify.ConsistencyProof.from_json(document)
+        old, new = verify.check_consistency(cons, verifier, origin_prefix=args.origin_prefix)
+        print(
+            f"stream {cons.stream!r}: the signed tree of size {old.size} is a prefix of "
+            f"the signed tree of size {new.size}"
+        )
+        return 0
     proof = verify.InclusionProof.from_json(document)
     cp = verify.check_inclusion(proof, verifier, origin_prefix=args.origin_prefix)
     print(f"entry {proof.index} of stream {proof.stream!r} is in the log at tree size {cp.size}")
+    return 0
+
+
+def _consistency(args: argparse.Namespace) -> int:
+    proof = verify.consistency(
+        _open_store(args),
+        args.stream,
+        args.old,
+        args.new,
+        _verifier(args),
+        origin_prefix=args.origin_prefix,
+    )
+    print(json.dumps(proof.to_json(), indent=2))
     return 0
 
 

@@ -445,3 +445,108 @@ def _int(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InputError("expected an integer")
     return value
+
+
+CONSISTENCY_FORMAT = "clawql-audit-consistency-proof/1"
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    """Two signed checkpoints of one stream and the RFC 9162 proof that the first is
+    a prefix of the second. Self-contained like ``InclusionProof``: a third party
+    needs the verifier key and RFC 9162 §2.1.4.2 only.
+    """
+
+    stream: str
+    old_checkpoint: bytes
+    new_checkpoint: bytes
+    path: tuple[bytes, ...]
+
+    def to_json(self) -> dict[str, object]:
+        """The documented JSON form.
+
+        ``format``: ``clawql-audit-consistency-proof/1``; ``stream``;
+        ``old_size``/``old_root`` and ``new_size``/``new_root`` (base64) copied
+        from the two checkpoints; ``path``: the base64 consistency-proof hashes;
+        ``old_checkpoint`` and ``new_checkpoint``: the C2SP signed notes.
+        """
+        old = Checkpoint.parse(SignedNote.parse(self.old_checkpoint).text)
+        new = Checkpoint.parse(SignedNote.parse(self.new_checkpoint).text)
+        return {
+            "format": CONSISTENCY_FORMAT,
+            "stream": self.stream,
+            "old_size": old.size,
+            "old_root": _b64(old.root),
+            "new_size": new.size,
+            "new_root": _b64(new.root),
+            "path": [_b64(h) for h in self.path],
+            "old_checkpoint": self.old_checkpoint.decode("utf-8"),
+            "new_checkpoint": self.new_checkpoint.decode("utf-8"),
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> ConsistencyProof:
+        """Parse ``to_json`` output strictly; copied fields must agree with the notes."""
+        fields = {
+            "format", "stream", "old_size", "old_root", "new_size", "new_root", "path",
+            "old_checkpoint", "new_checkpoint",
+        }  # fmt: skip
+        if not isinstance(obj, dict) or set(obj) != fields or obj["format"] != CONSISTENCY_FORMAT:
+            raise InputError(f"not a {CONSISTENCY_FORMAT} document")
+        if not isinstance(obj["path"], list):
+            raise InputError("path must be a list")
+        if not isinstance(obj["old_checkpoint"], str) or not isinstance(obj["new_checkpoint"], str):
+            raise InputError("checkpoints must be signed-note text")
+        proof = cls(
+            layout.check_stream(obj["stream"]),
+            obj["old_checkpoint"].encode("utf-8"),
+            obj["new_checkpoint"].encode("utf-8"),
+            tuple(_unb64(h) for h in obj["path"]),
+        )
+        if proof.to_json() != obj:
+            raise InputError("the copied sizes/roots disagree with the checkpoints")
+        return proof
+
+
+def consistency(
+    store: WormStore,
+    stream: str,
+    old_size: int,
+    new_size: int,
+    verifier: VerifierKey | None = None,
+    *,
+    origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,
+) -> ConsistencyProof:
+    """A consistency proof between two checkpointed sizes of ``stream``.
+
+    Both sizes must be sizes the log signed, so both roots come with a
+    signature; the stream is recomputed and checked first, as for ``prove``.
+    """
+    state = replay_stream(
+        store, layout.check_stream(stream), verifier, origin_prefix=origin_prefix,
+        require_covered=False,
+    )  # fmt: skip
+    notes = {cp.size: note for cp, note in zip(state.checkpoints, state.notes, strict=True)}
+    if not 0 < old_size <= new_size or old_size not in notes or new_size not in notes:
+        raise InputError(
+            f"{stream!r} has no signed checkpoints at sizes {old_size} and {new_size} "
+            f"(signed sizes: {', '.join(map(str, sorted(notes))) or 'none'})"
+        )
+    path = tuple(state.tree.consistency_proof(old_size, new_size))
+    return ConsistencyProof(stream, notes[old_size], notes[new_size], path)
+
+
+def check_consistency(
+    proof: ConsistencyProof,
+    verifier: VerifierKey,
+    *,
+    origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,
+) -> tuple[Checkpoint, Checkpoint]:
+    """Both checkpoints, if signed by ``verifier`` and the old one is a prefix; else raise."""
+    # 1. Both checkpoints are signed by the key, for the stream's log.
+    origin = layout.origin(origin_prefix, proof.stream)
+    old = open_checkpoint(proof.old_checkpoint, verifier, origin=origin)
+    new = open_checkpoint(proof.new_checkpoint, verifier, origin=origin)
+    # 2. The proof shows the old tree is a prefix of the new one (RFC 9162 §2.1.4.2).
+    merkle.verify_consistency(old.size, new.size, proof.path, old.root, new.root)
+    return old, new

@@ -1,8 +1,9 @@
-"""`audit verify|prove|check-proof`: exit 0 only when everything holds."""
+"""`audit verify|prove|consistency|check-proof`: exit 0 only when everything holds."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from clawql_secrets.audit import commands
 from clawql_secrets.audit.checkpoint import Ed25519Signer
 from clawql_secrets.audit.store import LocalWormStore
-from clawql_secrets.errors import InputError
+from clawql_secrets.errors import InputError, IntegrityError
 from tests.audit.conftest import CP, SEG, Tamper
 
 
@@ -88,3 +89,39 @@ def test_prove_then_check_proof(
     key = str(signer.verifier_key())
     assert run(["audit", "check-proof", "--pubkey", key, str(proof)]) == 0
     assert "entry 7 of stream 'n1' is in the log at tree size 30" in capsys.readouterr().out
+
+
+def test_consistency_then_check_proof(
+    store: LocalWormStore, signer: Ed25519Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["audit", "consistency", "--store", str(store.root), "--stream", "n1"]
+    assert run([*argv, "--old", "10", "--new", "30"]) == 0
+    proof = tmp_path / "consistency.json"
+    document = json.loads(out := capsys.readouterr().out)
+    assert document["format"] == "clawql-audit-consistency-proof/1"
+    assert (document["old_size"], document["new_size"]) == (10, 30)
+    proof.write_text(out)
+    key = str(signer.verifier_key())
+    assert run(["audit", "check-proof", "--pubkey", key, str(proof)]) == 0
+    assert "size 10 is a prefix of the signed tree of size 30" in capsys.readouterr().out
+
+
+def test_consistency_proof_with_a_changed_hash_fails(
+    store: LocalWormStore, signer: Ed25519Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["audit", "consistency", "--store", str(store.root), "--stream", "n1"]
+    assert run([*argv, "--old", "10", "--new", "20"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    first = bytearray(base64.b64decode(document["path"][0]))
+    first[0] ^= 1
+    document["path"][0] = base64.b64encode(bytes(first)).decode()
+    proof = tmp_path / "bad.json"
+    proof.write_text(json.dumps(document))
+    with pytest.raises(IntegrityError):
+        run(["audit", "check-proof", "--pubkey", str(signer.verifier_key()), str(proof)])
+
+
+def test_consistency_refuses_unsigned_sizes(store: LocalWormStore) -> None:
+    argv = ["audit", "consistency", "--store", str(store.root), "--stream", "n1"]
+    with pytest.raises(InputError, match="no signed checkpoints at sizes 5 and 30"):
+        run([*argv, "--old", "5", "--new", "30"])
