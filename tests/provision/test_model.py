@@ -104,7 +104,8 @@ def test_example_config_is_valid() -> None:
     text = Path("examples/clawql.yaml").read_text()
     pem = valid_yaml().split("    - |\n")[1].split("tenants:")[0]
     text = text.replace(
-        "  public_key_files: [../.clawql/issuer/public.pem]\n", "  public_keys:\n    - |\n" + pem
+        "  public_key_files: [../.clawql/sessions-issuer/public.pem]\n",
+        "  public_keys:\n    - |\n" + pem,
     )
     state = loader.parse(text, "examples/clawql.yaml")
     assert len(state.tenants) == 2 and len(state.roles) >= 3
