@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ def register(sub: Any) -> None:
     p.add_argument("--base-port", type=int, default=None, help="node ports (new data dir only)")
     p.add_argument("--bridge-port", type=int, default=None, help="HSM bridge port (new data dir)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--no-example",
+        action="store_true",
+        help="do not seed and apply examples/clawql.yaml (two tenants) on this machine's databases",
+    )
     p.set_defaults(func=_up)
 
     p = sub.add_parser("down", help="stop everything `up` started, and nothing else")
@@ -90,6 +96,9 @@ def _up(args: argparse.Namespace) -> int:
             console.log(message)
 
         res = stack.up(settings, progress=progress)
+        example = None
+        if not args.no_example:
+            example = _example(settings, progress)
     if args.json:
         print(
             json.dumps(
@@ -107,6 +116,11 @@ def _up(args: argparse.Namespace) -> int:
         console.print(f"  OpenBao {node}: {settings.api_addr(node)}")
     console.print(f"  HSM bridge: {settings.bridge_addr}")
     console.print(f"  CA for clients: {settings.node_ca_dir / 'ca.pem'}")
+    if example is not None:
+        console.print(
+            f"  example tenants {', '.join(example.tenants)}: {example.applied} OpenBao "
+            f"change(s) applied; policies bound: {', '.join(example.bound) or 'unchanged'}"
+        )
     console.print(f"  audit log (Merkle, write-once): {settings.audit_dir / 'store'}")
     console.print(f"  logs: {settings.log_dir}")
     if res.initialised_now:
@@ -120,6 +134,24 @@ def _up(args: argparse.Namespace) -> int:
         )
         console.print("  the initial root token was used for bootstrap and revoked")
     return 0
+
+
+def _example(settings: StackSettings, progress: Callable[[str], None]) -> Any:
+    """Seed and apply the example tenants when this machine's databases answer."""
+    import socket
+
+    for port, what in ((5432, "PostgreSQL"), (3306, "MariaDB")):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            progress(
+                f"{what} is not reachable on 127.0.0.1:{port}: example tenants skipped "
+                "(scripts/bootstrap.sh installs and starts it)"
+            )
+            return None
+    from clawql_secrets.provision.localstack import provision_example
+
+    return provision_example(settings, progress)
 
 
 def _down(args: argparse.Namespace) -> int:

@@ -61,5 +61,6 @@ def issue(issuer: LocalIssuer, *, tenant: str, agent: str, role: str, ttl: int) 
         ttl=ttl,
         sid=secrets.token_urlsafe(18),
         tenant=tenant,
+        agent=agent,
         agent_role=role,
     )

@@ -1,0 +1,89 @@
+"""The local stack's example: seeded schemas, applied desired state, policies through
+four-eyes with demo people, and an agent of one tenant reading its own schema only.
+
+Runs the same code as `clawql-secrets up` with a private admin user name, so it
+never touches the admin of a developer's stack on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pymysql
+import pytest
+
+from clawql_secrets.cluster import bootstrap, stack
+from clawql_secrets.cluster.layout import StackSettings
+from clawql_secrets.errors import OpenBaoError
+from clawql_secrets.gateway import session_issuer
+from clawql_secrets.issuer import LocalIssuer
+from clawql_secrets.provision.localstack import EXAMPLE, provision_example
+
+pytestmark = pytest.mark.cluster
+ADMIN = f"clawql_admin_t{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("example") / "clawql.yaml"
+    path.write_text(EXAMPLE.read_text().replace("username: clawql_admin", f"username: {ADMIN}"))
+    try:
+        yield path
+    finally:
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(
+                host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
+            ) as conn,
+        ):
+            conn.execute(f'DROP ROLE IF EXISTS "{ADMIN}"')
+        with contextlib.suppress(pymysql.MySQLError):
+            maria = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+            with maria, maria.cursor() as cur:
+                cur.execute(f"DROP USER IF EXISTS '{ADMIN}'@'%'")
+
+
+def agent_token(s: StackSettings, client: stack.OpenBaoClient, tenant: str, role: str) -> str:
+    jwt = session_issuer.issue(
+        session_issuer.load_issuer(s.data_dir), tenant=tenant, agent="a1", role=role, ttl=300
+    )
+    resp = client.request("POST", "auth/agents/login", body={"role": role, "jwt": jwt}, token="")
+    return str(resp["auth"]["client_token"])
+
+
+def test_up_example_applies_binds_and_isolates_tenants(
+    live_stack: StackSettings, example: Path
+) -> None:
+    notes: list[str] = []
+    first = provision_example(live_stack, notes.append, example)
+    assert first.applied > 0 and first.proposal
+    assert {b.split(":")[0] for b in first.bound} == {"analyst", "integrator", "reporter"}
+    assert any("four-eyes" in n for n in notes)
+    # A second run changes nothing and needs no admin password.
+    again = provision_example(live_stack, notes.append, example)
+    assert again.applied == 0 and again.proposal is None
+
+    with stack.client_for(live_stack, retry_for=20) as client:
+        token = agent_token(live_stack, client, "acme", "analyst")
+        lease = client.read("database/creds/acme-analyst-pg_main", token=token)
+        creds = lease["data"]
+        with pytest.raises(OpenBaoError) as err:
+            client.read("database/creds/globex-analyst-pg_main", token=token)
+        assert err.value.status == 403
+    with psycopg.connect(host="127.0.0.1", dbname="clawql", user=creds["username"],
+                         password=creds["password"], autocommit=True) as conn:  # fmt: skip
+        assert conn.execute("SELECT v FROM acme.facts").fetchall() == [("acme",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT v FROM globex.facts")
+    # Leave nothing behind on the machine's PostgreSQL: the gateway identity revokes.
+    issuer = LocalIssuer.load(live_stack.issuer_dir, stack.ISSUER_URL)
+    with stack.client_for(live_stack, retry_for=20) as client:
+        gw = bootstrap.login(client, issuer, bootstrap.GATEWAY)
+        client.write("sys/leases/revoke", {"lease_id": lease["lease_id"]}, token=gw)
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres") as conn:
+        gone = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (creds["username"],))
+        assert gone.fetchone() is None
