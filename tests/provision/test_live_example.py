@@ -1,5 +1,6 @@
 """The local stack's example: seeded schemas, applied desired state, policies through
-four-eyes with demo people, and an agent of one tenant reading its own schema only.
+four-eyes with demo people, an agent of one tenant reading its own schema only, and
+the audit log the stack shipped holding the access but none of the credentials.
 
 Runs the same code as `clawql-secrets up` with a private admin user name, so it
 never touches the admin of a developer's stack on the same machine.
@@ -47,6 +48,12 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 cur.execute(f"DROP USER IF EXISTS '{ADMIN}'@'%'")
 
 
+def cli_verify(store: Path, verifier: str) -> int:
+    from clawql_secrets.cli import main
+
+    return main(["audit", "verify", "--store", str(store), "--pubkey", verifier])
+
+
 def agent_token(s: StackSettings, client: stack.OpenBaoClient, tenant: str, role: str) -> str:
     jwt = session_issuer.issue(
         session_issuer.load_issuer(s.data_dir), tenant=tenant, agent="a1", role=role, ttl=300
@@ -87,3 +94,14 @@ def test_up_example_applies_binds_and_isolates_tenants(
     with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres") as conn:
         gone = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (creds["username"],))
         assert gone.fetchone() is None
+
+    # Canary (audit invariant 1): stop the stack so the shipper publishes its last
+    # checkpoint, then search every stored byte for the credentials just issued.
+    assert stack.down(live_stack)
+    store = live_stack.audit_dir / "store"
+    blobs = b"".join(p.read_bytes() for p in store.rglob("*") if p.is_file())
+    assert b"database/creds/acme-analyst-pg_main" in blobs  # the access itself is logged
+    for canary in (creds["password"], token):
+        assert canary.encode() not in blobs
+    verifier = (live_stack.audit_dir / "verifier.txt").read_text().strip()
+    assert cli_verify(store, verifier) == 0
