@@ -22,6 +22,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     from clawql_secrets.audit import commands as audit_commands
+    from clawql_secrets.certs import commands as certs_commands
     from clawql_secrets.cluster import commands as cluster_commands
     from clawql_secrets.gateway import commands as gateway_commands
     from clawql_secrets.hsm import commands as hsm_commands
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     provision_commands.register(sub)
     policy_commands.register(sub)
     gateway_commands.register(sub)
+    certs_commands.register(sub)
     return parser
 
 

@@ -98,6 +98,18 @@ path "database/creds/*" { capabilities = ["deny"] }
 path "pki*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "pki/issue/*" { capabilities = ["deny"] }
 path "pki_int/issue/*" { capabilities = ["deny"] }
+# Nor sign leaf certificates for itself (root/sign-intermediate stays: it sets up
+# the intermediate; see ADR 0007 for that residual power).
+path "pki/sign/*" { capabilities = ["deny"] }
+path "pki_int/sign/*" { capabilities = ["deny"] }
+path "pki/sign-verbatim*" { capabilities = ["deny"] }
+path "pki_int/sign-verbatim*" { capabilities = ["deny"] }
+path "pki/issuer/+/sign/*" { capabilities = ["deny"] }
+path "pki_int/issuer/+/sign/*" { capabilities = ["deny"] }
+path "pki/issuer/+/issue/*" { capabilities = ["deny"] }
+path "pki_int/issuer/+/issue/*" { capabilities = ["deny"] }
+path "pki/issuer/+/sign-verbatim*" { capabilities = ["deny"] }
+path "pki_int/issuer/+/sign-verbatim*" { capabilities = ["deny"] }
 path "identity/oidc/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "identity/oidc/token/*" { capabilities = ["deny"] }
 path "secret/metadata/*" { capabilities = ["create", "read", "update", "delete", "list"] }
@@ -164,7 +176,9 @@ path "sys/auth" { capabilities = ["read"] }
 CHANGE_PARTICIPANT_CLAIM = "clawql_role"
 
 # The gateway's own identity: it ends sessions (revokes their leases and tokens by
-# id/accessor) but obtains no credential itself — those come from the agents' own
+# id/accessor), shortens a new lease to its session's remaining life (renew with a
+# smaller increment), records anomaly revocations (create-only), but obtains no
+# credential itself — those come from the agents' own
 # JWT logins, so OpenBao re-checks authorization on every tool call.
 GATEWAY = WorkloadIdentity(
     role="gateway",
@@ -173,6 +187,8 @@ GATEWAY = WorkloadIdentity(
     hcl="""\
 path "sys/leases/lookup" { capabilities = ["update"] }
 path "sys/leases/revoke" { capabilities = ["update"] }
+path "sys/leases/renew" { capabilities = ["update"] }
+path "secret/data/clawql-anomalies/*" { capabilities = ["create"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }
 path "auth/token/lookup-accessor" { capabilities = ["update"] }
 """,
