@@ -9,12 +9,13 @@ production, the stack's local issuer in development).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clawql_secrets.errors import ConfigError
+from clawql_secrets.gateway.anomaly import AnomalySettings
 from clawql_secrets.gateway.session_issuer import SESSION_AUDIENCE, SESSIONS_ISSUER_URL
 
 
@@ -87,6 +88,23 @@ class PostgresTarget(_Strict):
     connect_timeout: int = Field(default=5, ge=1, le=60)
 
 
+class MariaDBTarget(_Strict):
+    """A MariaDB server; ``dbname`` may name the tenant (``app_{tenant}``): one database
+    per tenant is MariaDB's equivalent of a PostgreSQL schema."""
+
+    kind: Literal["mariadb"]
+    host: str
+    port: int = 3306
+    dbname: str
+    mount: str = "database"
+    creds_role_template: str = "{agent_role}-{tenant}"
+    pool_size: int = Field(default=2, ge=1, le=16)
+    connect_timeout: int = Field(default=5, ge=1, le=60)
+
+
+DatabaseTarget = PostgresTarget | MariaDBTarget
+
+
 class SQLLimits(_Strict):
     max_rows: int = Field(default=1000, ge=1, le=100_000)
     max_bytes: int = Field(default=1_000_000, ge=1024, le=64_000_000)
@@ -103,8 +121,11 @@ class GatewayConfig(_Strict):
     identity: GatewayIdentity
     admin: AdminTrust | None = None
     registry: RegistrySettings = RegistrySettings()
-    databases: dict[str, PostgresTarget] = {}
+    databases: dict[str, DatabaseTarget] = {}
     sql: SQLLimits = SQLLimits()
+    anomaly: AnomalySettings = AnomalySettings()
+    # Each tool plugin's own settings, by tool name; the plugin validates its entry.
+    tools: dict[str, dict[str, Any]] = {}
     max_body_bytes: int = Field(default=65_536, ge=1024, le=16_000_000)
     sweep_interval: float = Field(default=1.0, gt=0, le=300)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -12,10 +12,19 @@ Per tool call (see docs/adr/0005-per-call-batch-token-exchange.md):
    agent's role: a batch token, so OpenBao re-checks the identity on every
    call at no raft write; the login's tenant/role must match the JWT.
 3. Run the tool; a first use creates the session's resources on this replica
-   (credentials read with the agent's token, leases recorded in the registry).
+   (credentials read with the agent's token, leases recorded in the registry,
+   then shortened by the gateway's identity to the session's remaining life —
+   ``sys/leases/renew`` with that increment — so OpenBao itself revokes them
+   at the session's ``exp`` even if every gateway is dead).
 4. Drop the token: nothing keeps a reference once the call returns.
 
-Ending a session (DELETE, admin revoke, sweeper): flip the registry state,
+Anomaly rules (``anomaly``) see every call with validated arguments and every
+denied call; a hit ends the session with reason ``anomaly`` and leaves an
+audit trail: a create-only KV write by the gateway's identity to
+``secret/data/clawql-anomalies/<sid>/<rule>`` (so OpenBao's audit log carries
+path, rule and gateway entity in clear), the lease revocations, and a log line.
+
+Ending a session (DELETE, admin revoke, sweeper, anomaly): flip the registry state,
 revoke every lease with the gateway's own identity (a fresh login per batch,
 its token revoked right after), close this replica's resources. Another
 replica notices at its next sweep or call and closes its own.
@@ -37,6 +46,7 @@ from pydantic import ValidationError
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import ClawQLError, ConfigError, NotLeaderError, OpenBaoError
 from clawql_secrets.gateway import jwt_check
+from clawql_secrets.gateway.anomaly import Detector, Hit
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.errors import (
     AccessDenied,
@@ -142,17 +152,34 @@ class _Context:
         self._local = local
 
     def read_secret(self, path: str) -> LeaseInfo:
+        """GET ``path`` with the agent's token (creds, KV values)."""
+        return self._call("GET", path, None)
+
+    def write_secret(self, path: str, body: Mapping[str, Any]) -> LeaseInfo:
+        """POST ``path`` with the agent's token (e.g. ``pki_int/issue/...``)."""
+        return self._call("POST", path, dict(body))
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> LeaseInfo:
+        verb = "read" if method == "GET" else "write"
         try:
-            resp = self._gw.bao.read(path, token=self._token.reveal())
+            resp = self._gw.bao.request(method, path, body=body, token=self._token.reveal())
         except NotLeaderError as exc:
             raise BackendUnavailable("openbao_unavailable", "OpenBao is unavailable") from exc
         except OpenBaoError as exc:
             if exc.status == 403:
                 raise AccessDenied(
-                    "openbao_denied", f"OpenBao does not allow this session to read {path}"
+                    "openbao_denied", f"OpenBao does not allow this session to {verb} {path}"
+                ) from exc
+            if exc.status == 404:
+                raise RequestRejected(
+                    "secret_not_found", f"nothing at {path} for this session", status=404
+                ) from exc
+            if exc.status == 400:
+                raise RequestRejected(
+                    "openbao_refused", f"OpenBao refused a {verb} of {path}"
                 ) from exc
             raise BackendUnavailable(
-                "openbao_error", f"OpenBao failed to answer a read of {path}", status=502
+                "openbao_error", f"OpenBao failed to answer a {verb} of {path}", status=502
             ) from exc
         lease = LeaseInfo(
             str(resp.get("lease_id") or ""),
@@ -166,6 +193,8 @@ class _Context:
             raise TokenRejected("session_ended", "this session has ended")
         if lease.lease_id:
             self._gw.metrics.leases.inc()
+            ttl = self._gw.bound_lease(self.claims, lease)
+            lease = LeaseInfo(lease.lease_id, ttl, lease.data)
         return lease
 
     def resource(self, key: str, create: Callable[[], R]) -> R:
@@ -206,6 +235,7 @@ class Gateway:
             self.admin_keys = JWKSCache(config.admin.jwks_file).keys
         self._local: dict[str, _LocalSession] = {}
         self._local_lock = threading.Lock()
+        self.anomaly = Detector(config.anomaly)
         self.metrics.active.set_function(self._count_active)
 
     def _count_active(self) -> float:
@@ -285,8 +315,13 @@ class Gateway:
         label = tool_name if tool else "unknown"
         start = time.perf_counter()
         outcome = "error"
+        claims: SessionClaims | None = None
         try:
             claims = self.verify_session(bearer)
+            if claims.exp <= self.clock():
+                # The clock-skew grace of jwt_check does not extend a session: its
+                # leases end at exp (bound_lease) and the sweeper ends it at exp.
+                raise TokenRejected("session_expired", "this session has expired")
             if tool is None:
                 raise RequestRejected(
                     "unknown_tool", f"no tool named {tool_name[:64]!r}", status=404
@@ -302,6 +337,9 @@ class Gateway:
             if self.registry.open(claims) != ACTIVE:
                 self._drop_local(claims.sid)
                 raise TokenRejected("session_ended", "this session has ended")
+            hit = self.anomaly.on_call(claims.sid, claims.tenant, tool_name, dict(parsed))
+            if hit is not None:
+                self._on_anomaly(claims, tool_name, hit)
             token = self._login(bearer, claims)
             try:
                 local = self._local_session(claims)
@@ -310,7 +348,14 @@ class Gateway:
                 token.drop()  # step 4
             outcome = "ok"
             return result
-        except (AccessDenied, TokenRejected):
+        except AccessDenied as exc:
+            outcome = "denied"
+            if claims is not None and exc.code != "anomaly_revoked":
+                hit = self.anomaly.on_denied(claims.sid)
+                if hit is not None:
+                    self._on_anomaly(claims, tool_name, hit)
+            raise
+        except TokenRejected:
             outcome = "denied"
             raise
         except RequestRejected:
@@ -321,6 +366,102 @@ class Gateway:
             self.metrics.calls.labels(label, outcome).inc()
             self.metrics.latency.labels(label).observe(elapsed)
             log.info("tool call tool=%s outcome=%s ms=%.1f", label, outcome, elapsed * 1000)
+
+    def _on_anomaly(self, claims: SessionClaims, tool_name: str, hit: Hit) -> None:
+        """Revoke the session now, then record why; always raises ``anomaly_revoked``."""
+        self.metrics.anomalies.labels(hit.rule).inc()
+        log.warning(
+            "anomaly sid=%s tenant=%s agent=%s rule=%s tool=%s: %s; revoking the session",
+            claims.sid,
+            claims.tenant,
+            claims.agent,
+            hit.rule,
+            tool_name[:64],
+            hit.detail,
+        )
+        try:
+            self.end_session(claims.sid, exp=claims.exp, reason="anomaly")
+        finally:
+            self.anomaly.forget(claims.sid)
+            self._record_anomaly(claims, tool_name, hit)
+        raise AccessDenied(
+            "anomaly_revoked", f"this session was revoked by the anomaly rule {hit.rule}"
+        )
+
+    def _record_anomaly(self, claims: SessionClaims, tool_name: str, hit: Hit) -> None:
+        """A create-only KV entry by the gateway identity: OpenBao audits path and entity."""
+        try:
+            token = self._gateway_login()
+        except ClawQLError as exc:
+            log.warning("anomaly record failed sid=%s (%s)", claims.sid, type(exc).__name__)
+            return
+        try:
+            self.bao.write(
+                f"secret/data/clawql-anomalies/{claims.sid}/{hit.rule}",
+                {
+                    "data": {
+                        "sid": claims.sid,
+                        "tenant": claims.tenant,
+                        "agent": claims.agent,
+                        "agent_role": claims.agent_role,
+                        "rule": hit.rule,
+                        "detail": hit.detail,
+                        "tool": tool_name[:64],
+                        "at": int(self.clock()),
+                    },
+                    "options": {"cas": 0},
+                },
+                token=token.reveal(),
+            )
+        except ClawQLError as exc:
+            log.warning("anomaly record failed sid=%s (%s)", claims.sid, type(exc).__name__)
+        finally:
+            with contextlib.suppress(ClawQLError):
+                self.bao.request(
+                    "POST", "auth/token/revoke-self", token=token.reveal(), retry_for=1
+                )
+            token.drop()
+
+    def bound_lease(self, claims: SessionClaims, lease: LeaseInfo) -> int:
+        """Shorten ``lease`` to the session's remaining life; returns its new TTL.
+
+        ``sys/leases/renew`` with an increment below the current TTL sets the TTL
+        to the increment in OpenBao 2.7 (measured: ADR 0005), and the database
+        plugin moves the user's ``VALID UNTIL`` along. Fails closed: a lease that
+        cannot be bounded is revoked and the call fails.
+        """
+        remaining = int(claims.exp - self.clock())
+        if lease.lease_duration and lease.lease_duration <= remaining:
+            self.metrics.lease_bounds.labels("already").inc()
+            return lease.lease_duration
+        new_ttl = -1
+        if remaining >= 1:
+            token = self._gateway_login()
+            try:
+                resp = self.bao.write(
+                    "sys/leases/renew",
+                    {"lease_id": lease.lease_id, "increment": remaining},
+                    token=token.reveal(),
+                )
+                new_ttl = int(resp.get("lease_duration") or -1)
+            except OpenBaoError as exc:
+                log.warning("lease bound failed sid=%s status=%s", claims.sid, exc.status)
+            finally:
+                with contextlib.suppress(ClawQLError):
+                    self.bao.request(
+                        "POST", "auth/token/revoke-self", token=token.reveal(), retry_for=1
+                    )
+                token.drop()
+        if 0 < new_ttl <= max(remaining, 1):
+            self.metrics.lease_bounds.labels("ok").inc()
+            return new_ttl
+        self.metrics.lease_bounds.labels("failed").inc()
+        self.revoke_leases(claims.sid, [lease.lease_id])
+        if remaining < 1:
+            raise TokenRejected("session_expired", "this session has expired")
+        raise BackendUnavailable(
+            "lease_unbounded", "a credential could not be bounded to the session's life"
+        )
 
     def _local_session(self, claims: SessionClaims) -> _LocalSession:
         with self._local_lock:
@@ -356,6 +497,7 @@ class Gateway:
         started = time.perf_counter()
         result = self.registry.end(sid, exp, reason)
         self._drop_local(sid)
+        self.anomaly.forget(sid)
         revoked = self.revoke_leases(sid, list(result.leases)) if result.leases else 0
         if result.transitioned:
             self.metrics.session_ends.labels(reason).inc()
@@ -438,6 +580,7 @@ class Gateway:
             rec = self.registry.get(sid)
             if rec is None or rec.state != ACTIVE:
                 self._drop_local(sid)
+        self.anomaly.prune()
         return n
 
     def close(self) -> None:

@@ -44,6 +44,18 @@ class Metrics:
         self.leases_revoked = Counter(
             "clawql_gateway_leases_revoked", "Credential leases revoked", registry=r
         )
+        self.anomalies = Counter(
+            "clawql_gateway_anomalies",
+            "Anomaly rule hits (each revokes a session)",
+            ["rule"],
+            registry=r,
+        )
+        self.lease_bounds = Counter(
+            "clawql_gateway_lease_bounds",
+            "Leases shortened to their session's remaining life, by outcome",
+            ["outcome"],
+            registry=r,
+        )
         self.active = Gauge(
             "clawql_gateway_active_sessions", "Sessions active in the shared registry", registry=r
         )

@@ -47,6 +47,7 @@ class Canaries:
 
     values: set[str] = field(default_factory=set)
     db_users: dict[str, str] = field(default_factory=dict)
+    identity_tokens: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, value: object) -> None:
@@ -71,6 +72,16 @@ class RecordingTransport(httpx.BaseTransport):
                 self._c.add(auth.get("client_token"))
                 self._c.add(auth.get("accessor"))
                 data = body.get("data") or {}
+                if isinstance(data, dict) and isinstance(data.get("private_key"), str):
+                    key = data["private_key"]
+                    self._c.add(key)
+                    for line in key.splitlines():
+                        if not line.startswith("-----"):
+                            self._c.add(line)
+                if isinstance(data, dict) and isinstance(data.get("token"), str):
+                    self._c.add(data["token"])  # identity (OIDC) tokens
+                    with self._c.lock:
+                        self._c.identity_tokens.append(data["token"])
                 if isinstance(data, dict) and "password" in data:
                     self._c.add(data["password"])
                     with self._c.lock:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -178,7 +179,12 @@ def configure(
                 "bound_audiences": [audience],
                 "user_claim": "sub",
                 "bound_claims": {"agent_role": [agent_role], "tenant": list(fx.tenants)},
-                "claim_mappings": {"tenant": "tenant", "agent_role": "agent_role", "sid": "sid"},
+                "claim_mappings": {
+                    "tenant": "tenant",
+                    "agent_role": "agent_role",
+                    "sid": "sid",
+                    "agent": "agent",
+                },
                 "token_type": "batch",
                 "token_ttl": "1h",
                 "token_max_ttl": "1h",
@@ -236,3 +242,310 @@ def configure(
         with contextlib.suppress(Exception):
             client.request("POST", "auth/token/revoke-self", token=controller, retry_for=2)
     return accessor
+
+
+# -- tools beyond SQL: PKI, KV v2, Redis (configure_tools) ------------------------
+PKI_ROOT, PKI_INT = "pki", "pki_int"
+KV_MOUNT = "secret"
+REDIS_CONNECTION = "redis"
+# A test-only "tenant admin" agent role that may write its tenant's agents' KV
+# secrets: nobody else can (the provisioner is denied secret data).
+SEEDER_ROLE = "kvseeder"
+
+
+OIDC_KEY = "aws"
+STS_AUDIENCE = "sts.amazonaws.com"
+
+
+def oidc_role(agent_role: str) -> str:
+    return f"{agent_role}-aws"
+
+
+def pki_role(agent_role: str, tenant: str) -> str:
+    return f"{tenant}-{agent_role}"
+
+
+def redis_role(agent_role: str, tenant: str) -> str:
+    return f"redis-{agent_role}-{tenant}"
+
+
+def uri_san(tenant: str, agent: str) -> str:
+    return f"spiffe://clawql/tenant/{tenant}/agent/{agent}"
+
+
+def _tpl(accessor: str, key: str) -> str:
+    return "{{identity.entity.aliases." + accessor + ".metadata." + key + "}}"
+
+
+def configure_tools(
+    client: OpenBaoClient,
+    workload: LocalIssuer,
+    sessions: LocalIssuer,
+    accessor: str,
+    tenants: tuple[str, ...],
+    *,
+    agent_role: str,
+    audience: str,
+    redis_admin: tuple[str, str] | None = None,
+    maria: tuple[MariaFixture, str] | None = None,
+    oidc_issuer: str | None = None,
+) -> str:
+    """PKI root + intermediate and a client-cert role per tenant, a KV seeder role,
+    and (with ``redis_admin``) a Redis connection with a role per tenant; the agent
+    role's policy is extended to use them. Returns the CA bundle (root + intermediate).
+    """
+    prov = bootstrap.login(client, workload, bootstrap.PROVISIONER)
+    try:
+
+        def w(path: str, body: dict[str, object]) -> dict[str, Any]:
+            return client.request("POST", path, body=body, token=prov, retry_for=30) or {}
+
+        w(f"sys/mounts/{PKI_ROOT}", {"type": "pki", "config": {"max_lease_ttl": "87600h"}})
+        root = w(
+            f"{PKI_ROOT}/root/generate/internal",
+            {"common_name": "clawql test root", "key_type": "ec", "key_bits": 256, "ttl": "8760h"},
+        )
+        root_pem = str(root["data"]["certificate"])
+        w(f"sys/mounts/{PKI_INT}", {"type": "pki", "config": {"max_lease_ttl": "4380h"}})
+        csr = w(
+            f"{PKI_INT}/intermediate/generate/internal",
+            {"common_name": "clawql test intermediate", "key_type": "ec", "key_bits": 256},
+        )
+        signed = w(
+            f"{PKI_ROOT}/root/sign-intermediate",
+            {
+                "csr": csr["data"]["csr"],
+                "format": "pem",
+                "ttl": "4380h",
+            },
+        )
+        int_pem = str(signed["data"]["certificate"])
+        w(f"{PKI_INT}/intermediate/set-signed", {"certificate": int_pem})
+        for t in tenants:
+            w(
+                f"{PKI_INT}/roles/{pki_role(agent_role, t)}",
+                {
+                    "allowed_uri_sans": [uri_san(t, _tpl(accessor, "agent"))],
+                    "allowed_uri_sans_template": True,
+                    "allow_any_name": False,
+                    "allowed_domains": [],
+                    "allow_subdomains": False,
+                    "allow_ip_sans": False,
+                    "require_cn": False,
+                    "client_flag": True,
+                    "server_flag": False,
+                    "key_type": "ec",
+                    "key_bits": 256,
+                    "ttl": "5m",
+                    "max_ttl": "5m",
+                    "no_store": True,
+                },
+            )
+        w(
+            f"auth/{SESSIONS_MOUNT}/role/{SEEDER_ROLE}",
+            {
+                "role_type": "jwt",
+                "bound_audiences": [audience],
+                "user_claim": "sub",
+                "bound_claims": {"agent_role": [SEEDER_ROLE], "tenant": list(tenants)},
+                "claim_mappings": {
+                    "tenant": "tenant",
+                    "agent_role": "agent_role",
+                    "sid": "sid",
+                    "agent": "agent",
+                },
+                "token_type": "batch",
+                "token_ttl": "10m",
+                "token_max_ttl": "10m",
+            },
+        )
+        if redis_admin is not None:
+            user, password = redis_admin
+            w(
+                f"{DB_MOUNT}/config/{REDIS_CONNECTION}",
+                {
+                    "plugin_name": "redis-database-plugin",
+                    "host": "127.0.0.1",
+                    "port": 6379,
+                    "username": user,
+                    "password": password,
+                    "allowed_roles": [redis_role(agent_role, t) for t in tenants],
+                    "verify_connection": True,
+                },
+            )
+            for t in tenants:
+                w(
+                    f"{DB_MOUNT}/roles/{redis_role(agent_role, t)}",
+                    {
+                        "db_name": REDIS_CONNECTION,
+                        "creation_statements": [f"~t:{t}:*", "+@read", "+@write", "-@dangerous"],
+                        "default_ttl": "1h",
+                        "max_ttl": "1h",
+                    },
+                )
+        if maria is not None:
+            mfx, maria_pw = maria
+            w(
+                f"{DB_MOUNT}/config/{MARIA_CONNECTION}",
+                {
+                    "plugin_name": "mysql-database-plugin",
+                    "connection_url": f"{{{{username}}}}:{{{{password}}}}@tcp({MARIA_HOST}:3306)/",
+                    "username": mfx.admin,
+                    "password": maria_pw,
+                    "allowed_roles": [maria_role(agent_role, t) for t in tenants],
+                    "username_template": mfx.user_prefix + "{{random 12}}",
+                    "verify_connection": True,
+                },
+            )
+            w(f"{DB_MOUNT}/rotate-root/{MARIA_CONNECTION}", {})
+            for t in tenants:
+                w(
+                    f"{DB_MOUNT}/roles/{maria_role(agent_role, t)}",
+                    {
+                        "db_name": MARIA_CONNECTION,
+                        "creation_statements": [
+                            "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}';",
+                            f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{mfx.db(t)}`.* "
+                            "TO '{{name}}'@'%';",
+                        ],
+                        "revocation_statements": [
+                            "REVOKE ALL PRIVILEGES, GRANT OPTION FROM '{{name}}'@'%';",
+                            "KILL USER '{{name}}';",
+                            "DROP USER IF EXISTS '{{name}}'@'%';",
+                        ],
+                        "default_ttl": "1h",
+                        "max_ttl": "1h",
+                    },
+                )
+        if oidc_issuer is not None:
+            w("identity/oidc/config", {"issuer": oidc_issuer})
+            w(
+                f"identity/oidc/key/{OIDC_KEY}",
+                {
+                    "algorithm": "ES256",
+                    "allowed_client_ids": [STS_AUDIENCE],
+                    "verification_ttl": 3600,
+                    "rotation_period": 86400,
+                },
+            )
+            claims = ", ".join(
+                f'"{k}": {_tpl(accessor, k)}' for k in ("agent", "agent_role", "tenant")
+            )
+            w(
+                f"identity/oidc/role/{oidc_role(agent_role)}",
+                {
+                    "key": OIDC_KEY,
+                    "client_id": STS_AUDIENCE,
+                    "ttl": "5m",
+                    "template": "{" + claims + "}",
+                },
+            )
+    finally:
+        with contextlib.suppress(Exception):
+            client.request("POST", "auth/token/revoke-self", token=prov, retry_for=2)
+    controller = bootstrap.login(client, workload, bootstrap.APPROVAL_CONTROLLER)
+    try:
+        tenant, agent = _tpl(accessor, "tenant"), _tpl(accessor, "agent")
+        name = f"sys/policies/acl/agent-{agent_role}"
+        current = client.read(name, token=controller)
+        hcl = str((current.get("data") or current).get("policy", ""))
+        hcl += (
+            f'path "{PKI_INT}/issue/{tenant}-{agent_role}" {{ capabilities = ["update"] }}\n'
+            f'path "{KV_MOUNT}/data/tenants/{tenant}/agents/{agent}/*" '
+            '{ capabilities = ["read"] }\n'
+            f'path "{DB_MOUNT}/creds/redis-{agent_role}-{tenant}" {{ capabilities = ["read"] }}\n'
+            f'path "{DB_MOUNT}/creds/maria-{agent_role}-{tenant}" {{ capabilities = ["read"] }}\n'
+            f'path "identity/oidc/token/{oidc_role(agent_role)}" {{ capabilities = ["read"] }}\n'
+        )
+        client.request("POST", name, body={"policy": hcl}, token=controller, retry_for=30)
+        seeder = (
+            f'path "{KV_MOUNT}/data/tenants/{tenant}/agents/*" '
+            '{ capabilities = ["create", "update", "read"] }\n'
+        )
+        client.request(
+            "POST",
+            f"sys/policies/acl/agent-{SEEDER_ROLE}",
+            body={"policy": seeder},
+            token=controller,
+            retry_for=30,
+        )
+        bind_agent_roles(client, controller, SESSIONS_MOUNT)
+    finally:
+        with contextlib.suppress(Exception):
+            client.request("POST", "auth/token/revoke-self", token=controller, retry_for=2)
+    return root_pem.strip() + "\n" + int_pem.strip() + "\n"
+
+
+# -- MariaDB (root over TCP without password: test machine only) -------------------------
+MARIA_HOST = "127.0.0.1"
+MARIA_CONNECTION = "maria"
+
+
+def maria_role(agent_role: str, tenant: str) -> str:
+    return f"maria-{agent_role}-{tenant}"
+
+
+@dataclass(frozen=True)
+class MariaFixture:
+    run_id: str
+    admin: str
+    tenants: tuple[str, ...]
+
+    @property
+    def user_prefix(self) -> str:
+        return f"cgwm{self.run_id}-"
+
+    def db(self, tenant: str) -> str:
+        return f"clawql_gw_{self.run_id}_{tenant}"
+
+
+def _maria_root() -> Any:
+    import pymysql
+
+    return pymysql.connect(host=MARIA_HOST, user="root", autocommit=True)
+
+
+def setup_mariadb(tenants: tuple[str, ...]) -> tuple[MariaFixture, str]:
+    """One database per tenant with a table, and the engine's admin (password rotated
+    by OpenBao right away): CREATE USER and CONNECTION ADMIN globally, all on the
+    tenant databases with GRANT OPTION."""
+    run_id = secrets.token_hex(4)
+    fx = MariaFixture(run_id, f"cgwmadmin{run_id}", tenants)
+    password = secrets.token_urlsafe(24)
+    try:
+        with contextlib.closing(_maria_root()) as c, c.cursor() as cur:
+            cur.execute(f"CREATE USER '{fx.admin}'@'%%' IDENTIFIED BY %s", [password])
+            cur.execute(f"GRANT CREATE USER, CONNECTION ADMIN ON *.* TO '{fx.admin}'@'%'")
+            for t in tenants:
+                db = fx.db(t)
+                cur.execute(f"CREATE DATABASE `{db}`")
+                cur.execute(f"USE `{db}`")
+                cur.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
+                cur.execute(
+                    "INSERT INTO items SELECT seq, CONCAT(%s, seq) FROM seq_1_to_50", [f"{t}-row-"]
+                )
+                cur.execute(
+                    f"GRANT ALL PRIVILEGES ON `{db}`.* TO '{fx.admin}'@'%' WITH GRANT OPTION"
+                )
+    except BaseException:
+        teardown_mariadb(fx)
+        raise
+    return fx, password
+
+
+def maria_user_exists(name: str) -> bool:
+    with contextlib.closing(_maria_root()) as c, c.cursor() as cur:
+        cur.execute("SELECT 1 FROM mysql.user WHERE user = %s", [name])
+        return cur.fetchone() is not None
+
+
+def teardown_mariadb(fx: MariaFixture) -> None:
+    with contextlib.closing(_maria_root()) as c, c.cursor() as cur:
+        cur.execute("SELECT user, host FROM mysql.user WHERE user LIKE %s", [fx.user_prefix + "%"])
+        for user, host in cur.fetchall():
+            with contextlib.suppress(Exception):
+                cur.execute(f"KILL USER '{user}'")
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
+        for t in fx.tenants:
+            cur.execute(f"DROP DATABASE IF EXISTS `{fx.db(t)}`")
+        cur.execute(f"DROP USER IF EXISTS '{fx.admin}'@'%'")

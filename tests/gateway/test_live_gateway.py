@@ -9,20 +9,30 @@ share one Redis registry. The OpenBao configuration comes from
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import signal
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import redis
 
-from clawql_secrets.cluster import stack
+from clawql_secrets.cluster import bootstrap, stack
+from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 from clawql_secrets.gateway import session_issuer
+from clawql_secrets.gateway.config import GatewayConfig
+from clawql_secrets.gateway.core import Gateway
+from clawql_secrets.gateway.registry import MemoryRegistry
+from clawql_secrets.gateway.tools import load_tools
 from clawql_secrets.issuer import LocalIssuer
 from tests.gateway import live, openbao_setup
 
@@ -44,6 +54,7 @@ class Env:
     agent: live.Agent
     canaries: live.Canaries
     logs: live.LogCapture
+    dir: Path
 
     def jwt(self, tenant: str = "acme", agent: str = "bot", ttl: int = 600) -> str:
         return session_issuer.issue(self.sessions, tenant=tenant, agent=agent, role=ROLE, ttl=ttl)
@@ -133,7 +144,7 @@ def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> 
             stop.append(b)
             agent = live.Agent()
             stop.append(agent)
-            yield Env(s, fx, sessions, workload, a, b, agent, canaries, logs)
+            yield Env(s, fx, sessions, workload, a, b, agent, canaries, logs, d)
         finally:
             for thing in reversed(stop):
                 with contextlib.suppress(Exception):
@@ -176,9 +187,12 @@ def test_tool_call_returns_sql_result_and_reuses_session_user(env: Env) -> None:
 
 def test_cross_tenant_refused(env: Env) -> None:
     jwt = env.jwt("acme", "spy")
-    r = env.sql(env.a.url, jwt, "SELECT * FROM t_globex.items")
-    assert (r.status_code, r.json()["error"]["code"]) == (403, "sql_permission_denied")
-    assert "globex-row" not in r.text
+    # The database layer: no privilege on the other tenant's schema (a query that
+    # does not name it schema-qualified, so the anomaly rule lets it through).
+    r = env.sql(env.a.url, jwt, "SELECT has_schema_privilege('t_globex', 'USAGE')")
+    assert r.status_code == 200 and r.json()["result"]["rows"] == [[False]], r.text
+    r = env.sql(env.a.url, jwt, "SELECT * FROM items WHERE name LIKE %s", "globex%")
+    assert r.status_code == 200 and r.json()["result"]["rows"] == [], r.text
     # The layer below: acme's own OpenBao token cannot get globex's creds either.
     with stack.client_for(env.settings) as client:
         login = client.request(
@@ -247,12 +261,185 @@ def test_sweeper_ends_expired_session(env: Env) -> None:
     jwt = env.jwt("acme", "sleepy", ttl=2)
     user = _user_of(env, env.a.url, jwt)
     live.wait_until(lambda: not role_exists(user), timeout=6.0, interval=0.1)
+    # The lease (bounded to exp, rounded down) may drop the user just before the
+    # sweeper ends the session at exp.
+    url = f"{env.a.url}/v1/sessions/{_sid(jwt)}"
+    live.wait_until(
+        lambda: env.agent.send("GET", url, env.admin_jwt()).json()["state"] == "ended",
+        timeout=4.0,
+        interval=0.1,
+    )
     r = env.sql(env.a.url, jwt, "SELECT 1")
     assert r.status_code == 401
 
 
+def test_lease_bounded_to_session_dies_with_no_gateway(env: Env) -> None:
+    """A gateway creates the session's user and dies; OpenBao drops the user at ``exp``.
+
+    The gateway here has its own in-memory registry and no sweeper, so neither
+    replica A nor B knows the session: only the lease's TTL can end it.
+    """
+    cfg = GatewayConfig.model_validate(
+        _gateway_config(env.dir, env.settings, live.free_port(), "unused", env.fx)
+    )
+    inner = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(cfg.openbao.ca_file)))
+    bao = OpenBaoClient(
+        cfg.openbao.addrs,
+        cfg.openbao.ca_file,
+        retry_for=5,
+        transport=live.RecordingTransport(inner, env.canaries),
+    )
+    gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=load_tools(cfg))
+    ttl = 8
+    jwt = env.jwt("acme", "orphan", ttl=ttl)
+    exp = _claims(jwt)["exp"]
+    try:
+        out = gw.call_tool(jwt, "sql.query", {"sql": "SELECT current_user"})
+        user = str(out["rows"][0][0])
+        (lease_id,) = gw.registry.leases(_sid(jwt))
+        assert gw.metrics.lease_bounds.labels("ok")._value.get() == 1
+    finally:
+        gw.close()  # the "gateway dies": its pools close, nothing is revoked
+        bao.close()
+    with stack.client_for(env.settings) as client:
+        tok = bootstrap.login(client, env.workload, bootstrap.GATEWAY)
+        try:
+            look = client.write("sys/leases/lookup", {"lease_id": lease_id}, token=tok)
+        finally:
+            client.request("POST", "auth/token/revoke-self", token=tok, retry_for=2)
+    lease_ttl = int(look["data"]["ttl"])
+    assert 0 < lease_ttl <= exp - time.time() + 1, (lease_ttl, exp - time.time())
+    password = env.canaries.db_users[user]
+    held = psycopg.connect(
+        host="127.0.0.1", dbname=env.fx.dbname, user=user, password=password, autocommit=True
+    )
+    try:
+        assert role_exists(user)
+        live.wait_until(lambda: not role_exists(user), timeout=exp - time.time() + 5, interval=0.1)
+        gone_at = time.time()
+        assert gone_at >= exp - 1.5, f"dropped {exp - gone_at:.1f}s before exp"
+        assert gone_at <= exp + 3, f"dropped {gone_at - exp:.1f}s after exp"
+        assert backends_of(user) == 0
+        with pytest.raises(psycopg.OperationalError):
+            held.execute("SELECT 1")
+    finally:
+        held.close()
+
+
+def test_anomaly_out_of_scope_revokes_and_is_audited(env: Env) -> None:
+    jwt = env.jwt("acme", "wanderer")
+    sid = _sid(jwt)
+    user = _user_of(env, env.a.url, jwt)
+    t0 = time.monotonic()
+    r = env.sql(env.a.url, jwt, 'SELECT * FROM "t_globex" . items')
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "anomaly_revoked"), r.text
+    assert "globex-row" not in r.text
+    live.wait_until(lambda: not role_exists(user), timeout=1.0)
+    assert time.monotonic() - t0 < 1.5
+    info = env.agent.send("GET", f"{env.b.url}/v1/sessions/{sid}", env.admin_jwt()).json()
+    assert (info["state"], info["ended_reason"]) == ("ended", "anomaly")
+    r = env.sql(env.b.url, jwt, "SELECT 1")
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "session_ended")
+    path = f"secret/data/clawql-anomalies/{sid}/out_of_scope"
+    live.wait_until(lambda: path in _audit_text(env), timeout=3.0, interval=0.1)
+    assert any("anomaly sid=" + sid in line and "out_of_scope" in line for line in env.logs.lines)
+
+
+def test_anomaly_denied_burst_revokes(env: Env) -> None:
+    jwt = env.jwt("globex", "prober")
+    sid = _sid(jwt)
+    codes = []
+    for _ in range(8):
+        r = env.sql(env.a.url, jwt, "SELECT rolpassword FROM pg_authid")
+        codes.append(r.json()["error"]["code"])
+        if codes[-1] != "sql_permission_denied":
+            break
+    # denied_max (5) denials are tolerated; the next one revokes.
+    assert codes == ["sql_permission_denied"] * 5 + ["anomaly_revoked"], codes
+    info = env.agent.send("GET", f"{env.a.url}/v1/sessions/{sid}", env.admin_jwt()).json()
+    assert (info["state"], info["ended_reason"], info["lease_count"]) == ("ended", "anomaly", 0)
+
+
+def _leader(env: Env, client: OpenBaoClient) -> str | None:
+    for node in NODE_IDS:
+        h = client.health(env.settings.api_addr(node))
+        if h and h.get("initialized") and not h.get("sealed") and not h.get("standby"):
+            return node
+    return None
+
+
+def test_leader_kill_during_tool_calls(env: Env) -> None:
+    """SIGKILL the leader under a stream of calls: calls resume within seconds, and a
+    session started during the failover gets a bounded lease; ending drops every user."""
+    steady = env.jwt("globex", "steady", ttl=120)
+    users = [_user_of(env, env.a.url, steady)]
+    log: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        with httpx.Client(timeout=15) as http:
+            deadline = time.monotonic() + 40
+            while not stop.is_set() and time.monotonic() < deadline and len(log) < 400:
+                r = http.post(
+                    f"{env.a.url}/v1/tools/sql.query",
+                    json={"sql": "SELECT 1"},
+                    headers={"Authorization": f"Bearer {steady}"},
+                )
+                env.agent.bodies.append(r.text)
+                log.append((time.monotonic(), r.status_code))
+                time.sleep(0.05)
+
+    with stack.client_for(env.settings) as client:
+        old = _leader(env, client)
+        assert old
+        t = threading.Thread(target=stream)
+        t.start()
+        try:
+            live.wait_until(lambda: len(log) >= 5, timeout=10)
+            pid = stack.child_pid(env.settings, old)
+            assert pid
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            # A fresh session's first use (JWT login, creds, lease bound) through the failover.
+            fresh = env.jwt("acme", "newcomer", ttl=60)
+            r = env.sql(env.b.url, fresh, "SELECT current_user")
+            for _ in range(20):
+                if r.status_code == 200:
+                    break
+                time.sleep(0.5)
+                r = env.sql(env.b.url, fresh, "SELECT current_user")
+            assert r.status_code == 200, r.text
+            users.append(str(r.json()["result"]["rows"][0][0]))
+            live.wait_until(
+                lambda: sum(1 for ts, st in log if ts > killed and st == 200) >= 10, timeout=20
+            )
+        finally:
+            stop.set()
+            t.join()
+    first_ok = min(ts for ts, st in log if ts > killed and st == 200)
+    assert first_ok - killed < 10, f"calls resumed {first_ok - killed:.1f}s after the kill"
+    for jwt in (steady, fresh):
+        sid = _sid(jwt)
+        info = env.agent.send("GET", f"{env.a.url}/v1/sessions/{sid}", jwt).json()
+        assert info["state"] == "active" and info["lease_count"] >= 1
+        r = env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{sid}", jwt)
+        assert r.status_code == 200, r.text
+    live.wait_until(lambda: not any(role_exists(u) for u in users), timeout=2.0)
+    failures = sum(1 for ts, st in log if ts > killed and st != 200)
+    print(f"leader kill: resumed after {first_ok - killed:.2f}s, {failures} failed calls")
+
+
+def _audit_text(env: Env) -> str:
+    parts = []
+    for node in NODE_IDS:
+        with contextlib.suppress(FileNotFoundError):
+            parts.append(env.settings.audit_log(node).read_text(errors="replace"))
+    return "\n".join(parts)
+
+
 def test_zz_canaries_never_leak(env: Env) -> None:
-    """Every credential issued in this module: in no response, log line or metrics page."""
+    """Every credential issued in this module: in no response, log line, metrics page
+    or OpenBao audit log (which HMACs tokens and passwords)."""
     for base in (env.a.url, env.b.url):
         env.agent.send("GET", f"{base}/metrics")
         env.agent.send("GET", f"{base}/openapi.json")
@@ -260,7 +447,9 @@ def test_zz_canaries_never_leak(env: Env) -> None:
         "responses": "\n".join(env.agent.bodies),
         "gateway A log": "\n".join(env.logs.lines),
         "gateway B log": env.b.log_path.read_text(errors="replace"),
+        "OpenBao audit logs": _audit_text(env),
     }
+    assert "database/creds/" in haystacks["OpenBao audit logs"]
     assert len(env.canaries.db_users) >= 5
     assert len(env.canaries.values) >= 10
     for where, text in haystacks.items():
@@ -269,9 +458,14 @@ def test_zz_canaries_never_leak(env: Env) -> None:
     assert "clawql_gateway_tool_calls_total" in haystacks["responses"]
 
 
-def _sid(jwt: str) -> str:
+def _claims(jwt: str) -> dict[str, Any]:
     import base64
     import json
 
     seg = jwt.split(".")[1]
-    return str(json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))["sid"])
+    value: dict[str, Any] = json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))
+    return value
+
+
+def _sid(jwt: str) -> str:
+    return str(_claims(jwt)["sid"])

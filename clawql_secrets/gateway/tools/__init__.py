@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from clawql_secrets.errors import ConfigError
 from clawql_secrets.gateway.config import GatewayConfig
@@ -22,6 +22,7 @@ from clawql_secrets.gateway.jwt_check import SessionClaims
 
 GROUP = "clawql_secrets.tools"
 R = TypeVar("R", bound="Resource")
+M = TypeVar("M", bound=BaseModel)
 
 
 class Resource(Protocol):
@@ -51,6 +52,28 @@ class ToolContext(Protocol):
         ...
 
 
+class WritableToolContext(ToolContext, Protocol):
+    """A context that can also write (``pki_int/issue/...``) with the agent's token.
+
+    The response is handled like ``read_secret``'s: a lease, if any, is recorded.
+    """
+
+    def write_secret(self, path: str, body: Mapping[str, Any]) -> Lease: ...
+
+
+def tool_settings(config: GatewayConfig, name: str, model: type[M]) -> M:
+    """The ``tools.<name>`` section of the gateway config, validated by ``model``."""
+    try:
+        return model.model_validate(config.tools.get(name, {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ConfigError(
+            f"gateway config tools.{name} is invalid at {where}: {first['msg']}",
+            fix="see docs: gateway configuration",
+        ) from None
+
+
 class Tool(Protocol):
     name: str
     args_model: type[BaseModel]
@@ -68,6 +91,8 @@ def load_tools(config: GatewayConfig) -> dict[str, Tool]:
         try:
             factory: ToolFactory = ep.load()
             tool = factory(config)
+        except ConfigError:
+            raise
         except Exception as exc:
             raise ConfigError(
                 f"tool plugin {ep.name!r} ({ep.value}) failed to load ({type(exc).__name__})",

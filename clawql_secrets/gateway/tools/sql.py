@@ -26,9 +26,15 @@ import psycopg
 from psycopg import errors as pgerrors
 from pydantic import BaseModel, ConfigDict, Field
 
-from clawql_secrets.gateway.config import GatewayConfig, PostgresTarget, SQLLimits
+from clawql_secrets.gateway.config import (
+    DatabaseTarget,
+    GatewayConfig,
+    MariaDBTarget,
+    PostgresTarget,
+    SQLLimits,
+)
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
-from clawql_secrets.gateway.tools import ToolContext
+from clawql_secrets.gateway.tools import ToolContext, mariadb
 
 Scalar = str | int | float | bool | None
 
@@ -132,7 +138,7 @@ class SQLQueryTool:
     name = "sql.query"
     args_model = SQLArgs
 
-    def __init__(self, databases: dict[str, PostgresTarget], limits: SQLLimits) -> None:
+    def __init__(self, databases: dict[str, DatabaseTarget], limits: SQLLimits) -> None:
         self.databases = databases
         self.limits = limits
 
@@ -149,8 +155,12 @@ class SQLQueryTool:
             raise RequestRejected(
                 "unknown_database", f"no database named {args.database[:64]!r}", status=404
             )
-        pool = ctx.resource(f"pg:{args.database}", lambda: self._open_pool(ctx, target))
         max_rows = min(args.max_rows or lim.max_rows, lim.max_rows)
+        if isinstance(target, MariaDBTarget):
+            mpool = ctx.resource(f"maria:{args.database}", lambda: mariadb.open_pool(ctx, target))
+            return mariadb.execute(mpool, args.sql, list(args.params), max_rows, lim, _jsonable)
+        pg = target
+        pool = ctx.resource(f"pg:{args.database}", lambda: self._open_pool(ctx, pg))
         try:
             with pool.connection() as conn:
                 return self._execute(conn, args, max_rows)

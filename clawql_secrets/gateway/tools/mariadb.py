@@ -1,0 +1,199 @@
+"""``sql.query`` on MariaDB: one statement as the session's own dynamic user.
+
+The user comes from ``<mount>/creds/<agent_role>-<tenant>`` (OpenBao's
+mysql-database-plugin) read with the agent's per-call token; its grants are
+confined to the tenant's database. Same shape as the PostgreSQL path: a small
+per-session pool kept as a session resource, a statement timeout
+(``max_statement_time``, re-set before every call), and row and byte limits.
+
+PyMySQL binds parameters client-side (escaped literals); the connection is
+opened without ``CLIENT.MULTI_STATEMENTS``, so the server refuses a second
+statement. The result is read unbuffered, and ``sql_select_limit`` (max rows
++ 1) bounds what is drained after a truncation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, TypeAlias
+
+import pymysql
+import pymysql.cursors
+from pymysql.constants import CLIENT
+
+from clawql_secrets.gateway.config import MariaDBTarget, SQLLimits
+from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
+from clawql_secrets.gateway.tools import ToolContext
+
+Conn: TypeAlias = Any  # pymysql.connections.Connection (PyMySQL ships no type hints)
+
+_DENIED = {1044, 1045, 1142, 1143, 1227, 1370}
+_TIMEOUT = {1969, 3024}
+_GONE = {2003, 2006, 2013, 1927, 4031}
+
+
+class MariaDBPool:
+    """A tiny blocking pool of one session's connections (no background threads)."""
+
+    def __init__(self, connect: Callable[[], Conn], size: int, user: str) -> None:
+        self._connect = connect
+        self._size = size
+        self._idle: deque[Conn] = deque()
+        self._count = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self.user = user
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float = 10.0) -> Iterator[Conn]:
+        conn = self._acquire(timeout)
+        ok = False
+        try:
+            yield conn
+            ok = True
+        finally:
+            self._release(conn, ok and bool(conn.open))
+
+    def _acquire(self, timeout: float) -> Conn:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise BackendUnavailable("session_closed", "this session's pool is closed")
+                if self._idle:
+                    return self._idle.popleft()
+                if self._count < self._size:
+                    self._count += 1
+                    break
+                if not self._cond.wait(timeout):
+                    raise BackendUnavailable(
+                        "pool_exhausted", "too many concurrent calls for this session"
+                    )
+        try:
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, conn: Conn, reusable: bool) -> None:
+        with self._cond:
+            if reusable and not self._closed:
+                self._idle.append(conn)
+            else:
+                self._count -= 1
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle = list(self._idle)
+            self._idle.clear()
+            self._count -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def open_pool(ctx: ToolContext, target: MariaDBTarget) -> MariaDBPool:
+    c = ctx.claims
+    role = target.creds_role_template.format(agent_role=c.agent_role, tenant=c.tenant)
+    lease = ctx.read_secret(f"{target.mount}/creds/{role}")
+    user = str(lease.data.get("username", ""))
+    password = str(lease.data.get("password", ""))
+    if not user or not password:
+        raise BackendUnavailable("openbao_error", "OpenBao returned no database credential")
+
+    dbname = target.dbname.format(tenant=c.tenant)
+
+    def connect() -> Conn:
+        return pymysql.connect(
+            host=target.host,
+            port=target.port,
+            user=user,
+            password=password,
+            database=dbname,
+            connect_timeout=target.connect_timeout,
+            cursorclass=pymysql.cursors.SSCursor,
+            client_flag=CLIENT.MULTI_RESULTS,  # no MULTI_STATEMENTS: one statement per call
+            autocommit=True,
+            program_name="clawql-gateway",
+        )
+
+    pool = MariaDBPool(connect, target.pool_size, user)
+    try:
+        with pool.connection():
+            pass  # fail now, not on the agent's next call
+    except pymysql.MySQLError as exc:
+        pool.close()
+        raise translate(exc, user) from None
+    return pool
+
+
+def execute(
+    pool: MariaDBPool, sql: str, params: list[Any], max_rows: int, lim: SQLLimits, jsonable: Any
+) -> dict[str, Any]:
+    try:
+        with pool.connection() as conn:
+            with conn.cursor() as cur:
+                # Re-set per call (a hostile SET from an earlier call is undone). The
+                # select limit bounds what is left to drain after a truncation.
+                cur.execute(
+                    "SET SESSION max_statement_time = %s, sql_select_limit = %s",
+                    [lim.statement_timeout_ms / 1000, max_rows + 1],
+                )
+            with conn.cursor() as cur:
+                cur.execute(sql, params or None)
+                if cur.description is None:
+                    return {
+                        "columns": [],
+                        "rows": [],
+                        "row_count": cur.rowcount,
+                        "truncated": False,
+                    }
+                columns = [str(d[0]) for d in cur.description]
+                rows: list[list[Any]] = []
+                size, truncated = 0, False
+                for raw in iter(cur.fetchone, None):
+                    if len(rows) == max_rows:
+                        truncated = True
+                        break
+                    row = [jsonable(v) for v in raw]
+                    size += len(json.dumps(row, default=str))
+                    if size > lim.max_bytes:
+                        truncated = True
+                        break
+                    rows.append(row)
+            return {
+                "columns": columns,
+                "rows": rows,
+                "row_count": len(rows),
+                "truncated": truncated,
+            }
+    except pymysql.MySQLError as exc:
+        raise translate(exc, pool.user) from None
+
+
+def translate(exc: pymysql.MySQLError, user: str) -> Exception:
+    """A coded error whose message names no user and carries no backend text verbatim."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    text = str(exc.args[1]) if len(exc.args) > 1 else ""
+    msg = text.replace(user, "<session user>")[:300]
+    if code in _TIMEOUT:
+        return RequestRejected("sql_timeout", "the statement exceeded its time limit", status=422)
+    if code in _DENIED:
+        return AccessDenied("sql_permission_denied", f"the database refused: {msg}")
+    if code in _GONE or isinstance(exc, pymysql.err.InterfaceError) or code >= 2000:
+        return BackendUnavailable(
+            "database_unavailable", "the database connection failed or was terminated"
+        )
+    return RequestRejected(
+        "sql_error", f"the database rejected the statement ({code}): {msg}", status=422
+    )

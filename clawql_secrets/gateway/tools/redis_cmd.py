@@ -1,0 +1,288 @@
+"""``redis.command``: one Redis command as the session's own dynamic ACL user.
+
+The user comes from ``<mount>/creds/<template>`` (OpenBao's
+redis-database-plugin) read with the agent's per-call token; its ACL rules
+(key patterns, command categories) are OpenBao's role, confined to the
+tenant's keys. The gateway adds a command allow-list per agent role on top, so
+an agent cannot reach ``AUTH``, ``ACL``, ``CONFIG``, ``MULTI``, scripting or
+pub/sub even if the role is too broad. The first call of a session on a
+replica creates the user and a connection pool, kept as a session resource;
+ending the session revokes the lease, which deletes the user and kills its
+connections.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+from clawql_secrets.errors import ConfigError
+from clawql_secrets.gateway.config import GatewayConfig
+from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
+from clawql_secrets.gateway.tools import ToolContext, tool_settings
+
+NAME = "redis.command"
+DEFAULT_COMMANDS = [
+    "GET",
+    "MGET",
+    "SET",
+    "SETEX",
+    "PSETEX",
+    "SETNX",
+    "GETSET",
+    "GETDEL",
+    "APPEND",
+    "STRLEN",
+    "INCR",
+    "INCRBY",
+    "DECR",
+    "DECRBY",
+    "DEL",
+    "UNLINK",
+    "EXISTS",
+    "EXPIRE",
+    "PEXPIRE",
+    "TTL",
+    "PTTL",
+    "PERSIST",
+    "TYPE",
+    "HGET",
+    "HSET",
+    "HDEL",
+    "HGETALL",
+    "HMGET",
+    "HKEYS",
+    "HVALS",
+    "HLEN",
+    "HEXISTS",
+    "HINCRBY",
+    "LPUSH",
+    "RPUSH",
+    "LPOP",
+    "RPOP",
+    "LRANGE",
+    "LLEN",
+    "LINDEX",
+    "LTRIM",
+    "SADD",
+    "SREM",
+    "SMEMBERS",
+    "SISMEMBER",
+    "SCARD",
+    "ZADD",
+    "ZREM",
+    "ZRANGE",
+    "ZRANGEBYSCORE",
+    "ZSCORE",
+    "ZCARD",
+    "ZINCRBY",
+    "PING",
+]
+# Never allowed, whatever the config says: they change the connection's identity
+# or state, or run arbitrary code.
+_FORBIDDEN = frozenset(
+    [
+        "AUTH",
+        "HELLO",
+        "ACL",
+        "CONFIG",
+        "CLIENT",
+        "SELECT",
+        "MULTI",
+        "EXEC",
+        "WATCH",
+        "SUBSCRIBE",
+        "PSUBSCRIBE",
+        "SSUBSCRIBE",
+        "MONITOR",
+        "EVAL",
+        "EVALSHA",
+        "EVAL_RO",
+        "EVALSHA_RO",
+        "FCALL",
+        "FCALL_RO",
+        "FUNCTION",
+        "SCRIPT",
+        "MODULE",
+        "DEBUG",
+        "SHUTDOWN",
+        "REPLICAOF",
+        "SLAVEOF",
+        "SYNC",
+        "PSYNC",
+        "MIGRATE",
+        "RESET",
+        "QUIT",
+        "FLUSHALL",
+        "FLUSHDB",
+        "KEYS",
+    ]
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisTarget(_Strict):
+    host: str
+    port: int = 6379
+    db: int = Field(default=0, ge=0, le=15)
+    mount: str = "database"
+    creds_role_template: str = "redis-{agent_role}-{tenant}"
+    pool_size: int = Field(default=2, ge=1, le=16)
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    tls: bool = False
+
+
+class RedisSettings(_Strict):
+    instances: dict[str, RedisTarget] = {}
+    commands: dict[str, list[str]] = {}  # per agent role; DEFAULT_COMMANDS otherwise
+    max_args: int = Field(default=64, ge=1, le=10_000)
+    max_arg_bytes: int = Field(default=65_536, ge=16, le=16_000_000)
+    max_reply_bytes: int = Field(default=1_000_000, ge=1024, le=64_000_000)
+
+
+Arg = str | int | float
+
+
+class RedisArgs(_Strict):
+    command: list[Arg] = Field(min_length=1)
+    instance: str = "default"
+
+
+class RedisSession:
+    """One session's client (a small pool of its dynamic user's connections)."""
+
+    def __init__(self, pool: redis.BlockingConnectionPool, user: str) -> None:
+        self.pool = pool
+        self.user = user
+
+    def execute(self, parts: list[str]) -> Any:
+        """The raw reply (no client-side reply callbacks: ``SET`` answers ``OK``)."""
+        conn = self.pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            conn.send_command(*parts)
+            return conn.read_response()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            conn.disconnect()
+            raise
+        finally:
+            self.pool.release(conn)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self.pool.disconnect()
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+class RedisCommandTool:
+    name = NAME
+    args_model = RedisArgs
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        for role, cmds in settings.commands.items():
+            bad = sorted({c.upper() for c in cmds} & _FORBIDDEN)
+            if bad:
+                raise ConfigError(
+                    f"tools.{NAME}.commands.{role} allows forbidden commands: {', '.join(bad)}"
+                )
+
+    def _allowed(self, agent_role: str) -> frozenset[str]:
+        cmds = self.settings.commands.get(agent_role, DEFAULT_COMMANDS)
+        return frozenset(c.upper() for c in cmds) - _FORBIDDEN
+
+    def run(self, ctx: ToolContext, args: RedisArgs) -> dict[str, Any]:
+        s = self.settings
+        if len(args.command) > s.max_args:
+            raise RequestRejected("too_many_args", f"more than {s.max_args} arguments")
+        parts = [str(a) for a in args.command]
+        if sum(len(p.encode()) for p in parts) > s.max_arg_bytes:
+            raise RequestRejected(
+                "command_too_large", f"the command exceeds {s.max_arg_bytes} bytes", status=413
+            )
+        verb = parts[0].upper()
+        if verb not in self._allowed(ctx.claims.agent_role):
+            raise AccessDenied("command_not_allowed", f"{verb[:32]!r} is not an allowed command")
+        target = s.instances.get(args.instance)
+        if target is None:
+            raise RequestRejected(
+                "unknown_instance", f"no Redis instance named {args.instance[:64]!r}", status=404
+            )
+        sess = ctx.resource(f"redis:{args.instance}", lambda: self._open(ctx, target))
+        try:
+            reply = sess.execute(parts)
+        except redis.exceptions.NoPermissionError:
+            raise AccessDenied(
+                "redis_permission_denied", "Redis refused this command or key for the session"
+            ) from None
+        except redis.exceptions.ResponseError as exc:
+            msg = str(exc).replace(sess.user, "<session user>")[:300]
+            raise RequestRejected(
+                "redis_error", f"Redis rejected the command: {msg}", status=422
+            ) from None
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            raise BackendUnavailable(
+                "redis_unavailable", "the Redis connection failed or was closed"
+            ) from None
+        result = _jsonable(reply)
+        size = len(json.dumps(result))
+        if size > s.max_reply_bytes:
+            raise RequestRejected(
+                "reply_too_large", f"the reply exceeds {s.max_reply_bytes} bytes", status=422
+            )
+        return {"reply": result}
+
+    def _open(self, ctx: ToolContext, target: RedisTarget) -> RedisSession:
+        c = ctx.claims
+        role = target.creds_role_template.format(agent_role=c.agent_role, tenant=c.tenant)
+        lease = ctx.read_secret(f"{target.mount}/creds/{role}")
+        user = str(lease.data.get("username", ""))
+        password = str(lease.data.get("password", ""))
+        if not user or not password:
+            raise BackendUnavailable("openbao_error", "OpenBao returned no Redis credential")
+        pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            connection_class=redis.SSLConnection if target.tls else redis.Connection,
+            max_connections=target.pool_size,
+            timeout=target.timeout,
+            host=target.host,
+            port=target.port,
+            db=target.db,
+            username=user,
+            password=password,
+            socket_timeout=target.timeout,
+            socket_connect_timeout=target.timeout,
+        )
+        try:
+            # Connect and AUTH now (fail here, not on the agent's next call); no PING:
+            # the session user may lack @connection commands.
+            conn = pool.get_connection()  # type: ignore[no-untyped-call]
+            pool.release(conn)  # type: ignore[no-untyped-call]
+        except redis.exceptions.RedisError:
+            pool.disconnect()
+            raise BackendUnavailable(
+                "redis_unavailable", "cannot connect to Redis as the session user"
+            ) from None
+        return RedisSession(pool, user)
+
+
+def factory(config: GatewayConfig) -> RedisCommandTool:
+    return RedisCommandTool(tool_settings(config, NAME, RedisSettings))
