@@ -40,6 +40,7 @@ from clawql_secrets.audit.shipper import ShipperSettings, StreamSource
 from clawql_secrets.audit.store import LocalWormStore, WormStore
 from clawql_secrets.errors import ConfigError, InputError
 from clawql_secrets.hsm.token import DEFAULT_LIB_PATH
+from clawql_secrets.validation import describe_validation_error
 
 
 class _Strict(BaseModel):
@@ -140,15 +141,6 @@ class ShipConfig(_Strict):
             origin_prefix=self.origin_prefix,
             max_pending_entries=self.max_pending_entries,
         )
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """Field paths and messages only: pydantic's own text quotes input values."""
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def load_config(path: Path) -> ShipConfig:

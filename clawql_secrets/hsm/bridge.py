@@ -81,6 +81,7 @@ from clawql_secrets.hsm.token import (
     HSMToken,
     KeyVersionMissing,
 )
+from clawql_secrets.validation import describe_validation_error
 
 log = logging.getLogger("clawql_secrets.hsm.bridge")
 
@@ -149,15 +150,6 @@ class BridgeSettings(BaseModel):
             if isinstance(value, Path) and not value.is_absolute():
                 update[name] = base_dir / value
         return self.model_copy(update=update)
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """Field paths and messages only: pydantic's own text quotes input values."""
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def load_settings(path: Path) -> BridgeSettings:
