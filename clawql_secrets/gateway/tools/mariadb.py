@@ -14,11 +14,8 @@ statement. The result is read unbuffered, and ``sql_select_limit`` (max rows
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import pymysql
@@ -28,6 +25,7 @@ from pymysql.constants import CLIENT
 from clawql_secrets.gateway.config import MariaDBTarget, SQLLimits
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
 from clawql_secrets.gateway.tools import ToolContext
+from clawql_secrets.gateway.tools.pool import SessionPool
 
 Conn: TypeAlias = Any  # pymysql.connections.Connection (PyMySQL ships no type hints)
 
@@ -36,70 +34,9 @@ _TIMEOUT = {1969, 3024}
 _GONE = {2003, 2006, 2013, 1927, 4031}
 
 
-class MariaDBPool:
-    """A tiny blocking pool of one session's connections (no background threads)."""
-
+class MariaDBPool(SessionPool[Conn]):
     def __init__(self, connect: Callable[[], Conn], size: int, user: str) -> None:
-        self._connect = connect
-        self._size = size
-        self._idle: deque[Conn] = deque()
-        self._count = 0
-        self._cond = threading.Condition()
-        self._closed = False
-        self.user = user
-
-    @contextlib.contextmanager
-    def connection(self, timeout: float = 10.0) -> Iterator[Conn]:
-        conn = self._acquire(timeout)
-        ok = False
-        try:
-            yield conn
-            ok = True
-        finally:
-            self._release(conn, ok and bool(conn.open))
-
-    def _acquire(self, timeout: float) -> Conn:
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise BackendUnavailable("session_closed", "this session's pool is closed")
-                if self._idle:
-                    return self._idle.popleft()
-                if self._count < self._size:
-                    self._count += 1
-                    break
-                if not self._cond.wait(timeout):
-                    raise BackendUnavailable(
-                        "pool_exhausted", "too many concurrent calls for this session"
-                    )
-        try:
-            return self._connect()
-        except BaseException:
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            raise
-
-    def _release(self, conn: Conn, reusable: bool) -> None:
-        with self._cond:
-            if reusable and not self._closed:
-                self._idle.append(conn)
-            else:
-                self._count -= 1
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            idle = list(self._idle)
-            self._idle.clear()
-            self._count -= len(idle)
-            self._cond.notify_all()
-        for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.close()
+        super().__init__(connect, size, user, lambda c: bool(c.open))
 
 
 def open_pool(ctx: ToolContext, target: MariaDBTarget) -> MariaDBPool:

@@ -12,14 +12,11 @@ byte limits on the result.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import decimal
 import json
-import threading
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -35,6 +32,7 @@ from clawql_secrets.gateway.config import (
 )
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
 from clawql_secrets.gateway.tools import ToolContext, mariadb
+from clawql_secrets.gateway.tools.pool import SessionPool
 
 Scalar = str | int | float | bool | None
 
@@ -48,70 +46,9 @@ class SQLArgs(BaseModel):
     max_rows: int | None = Field(default=None, ge=1)
 
 
-class PGPool:
-    """A tiny blocking pool of one session's connections (no background threads)."""
-
+class PGPool(SessionPool[psycopg.Connection[Any]]):
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int, user: str):
-        self._connect = connect
-        self._size = size
-        self._idle: deque[psycopg.Connection[Any]] = deque()
-        self._count = 0
-        self._cond = threading.Condition()
-        self._closed = False
-        self.user = user
-
-    @contextlib.contextmanager
-    def connection(self, timeout: float = 10.0) -> Iterator[psycopg.Connection[Any]]:
-        conn = self._acquire(timeout)
-        ok = False
-        try:
-            yield conn
-            ok = True
-        finally:
-            self._release(conn, ok and not conn.closed and not conn.broken)
-
-    def _acquire(self, timeout: float) -> psycopg.Connection[Any]:
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise BackendUnavailable("session_closed", "this session's pool is closed")
-                if self._idle:
-                    return self._idle.popleft()
-                if self._count < self._size:
-                    self._count += 1
-                    break
-                if not self._cond.wait(timeout):
-                    raise BackendUnavailable(
-                        "pool_exhausted", "too many concurrent calls for this session"
-                    )
-        try:
-            return self._connect()
-        except BaseException:
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            raise
-
-    def _release(self, conn: psycopg.Connection[Any], reusable: bool) -> None:
-        with self._cond:
-            if reusable and not self._closed:
-                self._idle.append(conn)
-            else:
-                self._count -= 1
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            idle = list(self._idle)
-            self._idle.clear()
-            self._count -= len(idle)
-            self._cond.notify_all()
-        for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.close()
+        super().__init__(connect, size, user, lambda c: not c.closed and not c.broken)
 
 
 def _jsonable(value: Any) -> Any:

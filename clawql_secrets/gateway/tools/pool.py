@@ -1,0 +1,89 @@
+"""A tiny blocking pool of one session's connections (no background threads).
+
+Shared by the SQL tools: each session has its own pool of connections made with
+the session's own dynamic user, closed when the session ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Generic, Protocol, TypeVar
+
+from clawql_secrets.gateway.errors import BackendUnavailable
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+class SessionPool(Generic[C]):
+    def __init__(
+        self, connect: Callable[[], C], size: int, user: str, usable: Callable[[C], bool]
+    ) -> None:
+        self._connect = connect
+        self._usable = usable
+        self._size = size
+        self._idle: deque[C] = deque()
+        self._count = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self.user = user
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float = 10.0) -> Iterator[C]:
+        conn = self._acquire(timeout)
+        ok = False
+        try:
+            yield conn
+            ok = True
+        finally:
+            self._release(conn, ok and self._usable(conn))
+
+    def _acquire(self, timeout: float) -> C:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise BackendUnavailable("session_closed", "this session's pool is closed")
+                if self._idle:
+                    return self._idle.popleft()
+                if self._count < self._size:
+                    self._count += 1
+                    break
+                if not self._cond.wait(timeout):
+                    raise BackendUnavailable(
+                        "pool_exhausted", "too many concurrent calls for this session"
+                    )
+        try:
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, conn: C, reusable: bool) -> None:
+        with self._cond:
+            if reusable and not self._closed:
+                self._idle.append(conn)
+            else:
+                self._count -= 1
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle = list(self._idle)
+            self._idle.clear()
+            self._count -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
