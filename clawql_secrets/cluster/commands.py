@@ -115,6 +115,7 @@ def _up(args: argparse.Namespace) -> int:
     for node in ("n1", "n2", "n3"):
         console.print(f"  OpenBao {node}: {settings.api_addr(node)}")
     console.print(f"  HSM bridge: {settings.bridge_addr}")
+    console.print(f"  gateway: {settings.gateway_addr} (OpenAPI at /openapi.json)")
     console.print(f"  CA for clients: {settings.node_ca_dir / 'ca.pem'}")
     if example is not None:
         console.print(
@@ -203,6 +204,8 @@ def _print_status(st: dict[str, Any]) -> None:
             f"  verify: clawql-secrets audit verify --store {a.get('store')} "
             f"--pubkey-file {a['verifier_key_file']}"
         )
+    g = st.get("gateway") or {}
+    console.print(f"gateway: {'up' if g.get('pid') else '[red]down[/]'}; {g.get('url')}")
     if "raft_error" in st:
         console.print(f"raft: [yellow]{st['raft_error']}[/]")
 

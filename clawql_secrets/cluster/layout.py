@@ -17,6 +17,7 @@ SEAL_MOUNT = "transit"
 SEAL_KEY = "clawql-unseal"
 NODE_URI_PREFIX = "spiffe://clawql.local/openbao/"
 LOOPBACK = "127.0.0.1"
+WORKLOAD_ISSUER_URL = "https://issuer.clawql.local"  # the local stack's workload issuer
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class StackSettings:
     """The knobs of a local stack.
 
     Ports: node i uses base+10*i (API) and +1 (cluster); the audit shipper's
-    metrics base+60; the bridge its own port.
+    metrics base+60; the gateway base+70; the bridge its own port.
     """
 
     data_dir: Path
@@ -48,7 +49,7 @@ class StackSettings:
                 fix="use an address in 127.0.0.0/8",
             )
         ports = [p for n in NODE_IDS for p in self.node_ports(n).__dict__.values()]
-        ports += [self.bridge_port, self.audit_metrics_port]
+        ports += [self.bridge_port, self.audit_metrics_port, self.gateway_port]
         if len(set(ports)) != len(ports) or not all(1024 <= p < 65536 for p in ports):
             raise ConfigError(
                 f"ports overlap or are out of range (base {self.base_port}, "
@@ -69,6 +70,19 @@ class StackSettings:
     def audit_metrics_port(self) -> int:
         """The audit shipper's Prometheus endpoint (base + 60)."""
         return self.base_port + 60
+
+    @property
+    def gateway_port(self) -> int:
+        """The agent-facing gateway (base + 70)."""
+        return self.base_port + 70
+
+    @property
+    def gateway_addr(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def gateway_config(self) -> Path:
+        return self.data_dir / "gateway" / "gateway.json"
 
     @property
     def bridge_addr(self) -> str:

@@ -36,16 +36,18 @@ from clawql_secrets.cluster.layout import (
     NODE_URI_PREFIX,
     SEAL_KEY,
     SEAL_MOUNT,
+    WORKLOAD_ISSUER_URL,
     StackSettings,
 )
-from clawql_secrets.cluster.supervisor import BRIDGE, SHIPPER, read_state
+from clawql_secrets.cluster.supervisor import BRIDGE, GATEWAY, SHIPPER, read_state
 from clawql_secrets.errors import ClawQLError, ConfigError, ProcessError
+from clawql_secrets.gateway.localstack import stack_gateway_config
 from clawql_secrets.hsm import softhsm
 from clawql_secrets.hsm.bridge import BridgeSettings, open_token
 from clawql_secrets.issuer import LocalIssuer
 from clawql_secrets.tlsca import LocalCA
 
-ISSUER_URL = "https://issuer.clawql.local"
+ISSUER_URL = WORKLOAD_ISSUER_URL
 Progress = Callable[[str], None]
 
 
@@ -102,7 +104,7 @@ def free_settings(data_dir: Path, host: str = LOOPBACK) -> StackSettings:
 
 
 def _ports(settings: StackSettings) -> list[int]:
-    ports = [settings.bridge_port, settings.audit_metrics_port]
+    ports = [settings.bridge_port, settings.audit_metrics_port, settings.gateway_port]
     for n in NODE_IDS:
         p = settings.node_ports(n)
         ports += [p.api, p.cluster]
@@ -185,6 +187,8 @@ def prepare(settings: StackSettings) -> LocalIssuer:
     write_config(
         stack_config(s.data_dir, NODE_IDS, metrics_port=s.audit_metrics_port), s.shipper_config
     )
+    s.gateway_config.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    s.gateway_config.write_text(stack_gateway_config(s).model_dump_json(indent=2))
     return LocalIssuer.load_or_create(s.issuer_dir, ISSUER_URL)
 
 
@@ -386,7 +390,7 @@ def release(settings: StackSettings, name: str) -> None:
 
 
 def _check_name(name: str) -> None:
-    names = (*NODE_IDS, BRIDGE, SHIPPER)
+    names = (*NODE_IDS, BRIDGE, SHIPPER, GATEWAY)
     if name not in names:
         raise ConfigError(f"unknown process {name!r}", fix=f"one of {', '.join(names)}")
 
@@ -446,6 +450,12 @@ def status(settings: StackSettings) -> dict[str, Any]:
         "store": str(s.audit_dir / "store"),
         "metrics": f"http://{s.host}:{s.audit_metrics_port}/metrics",
         "verifier_key_file": str(verifier) if verifier.exists() else None,
+    }
+    gateway = children.get(GATEWAY) or {}
+    out["gateway"] = {
+        "pid": gateway.get("pid"),
+        "restarts": gateway.get("restarts", 0),
+        "url": s.gateway_addr,
     }
     return out
 

@@ -36,6 +36,7 @@ STOP_GRACE = 15.0
 POLL = 0.1
 BRIDGE = "bridge"
 SHIPPER = "shipper"
+GATEWAY = "gateway"
 
 
 @dataclass
@@ -115,6 +116,23 @@ def children_for(settings: StackSettings) -> list[Child]:
             cwd=settings.audit_dir,
             env=_clean_env(),
             log=logs / "shipper.log",
+        )
+    )
+    kids.append(
+        Child(
+            name=GATEWAY,
+            argv=[
+                sys.executable,
+                "-m",
+                "clawql_secrets",
+                "gateway",
+                "serve",
+                "--config",
+                str(settings.gateway_config),
+            ],
+            cwd=settings.gateway_config.parent,
+            env=_clean_env(),
+            log=logs / "gateway.log",
         )
     )
     return kids
@@ -205,7 +223,11 @@ class Supervisor:
     def _stop_all(self) -> None:
         # Nodes first (their last audit lines are written), then the shipper (it
         # drains them and signs a last checkpoint), the bridge last.
-        nodes = [c for c in self.children if c.name not in (BRIDGE, SHIPPER)]
+        # The gateway first: no tool call may start against a stopping cluster.
+        for child in self.children:
+            if child.name == GATEWAY:
+                self._terminate(child)
+        nodes = [c for c in self.children if c.name not in (BRIDGE, SHIPPER, GATEWAY)]
         for child in nodes:
             if child.proc is not None:
                 child.proc.terminate()

@@ -1,0 +1,58 @@
+"""The gateway of the local stack: its configuration, derived from the stack's layout.
+
+It trusts the stack's session issuer (agents) and gets its own identity from the
+stack's workload issuer; its SQL targets are the example tenants' databases
+(`examples/clawql.yaml`: `<tenant>-<role>-<connection>` dynamic roles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from clawql_secrets.cluster.layout import NODE_IDS, WORKLOAD_ISSUER_URL, StackSettings
+from clawql_secrets.gateway import session_issuer
+from clawql_secrets.gateway.config import (
+    GatewayConfig,
+    GatewayIdentity,
+    MariaDBTarget,
+    OpenBaoSettings,
+    PostgresTarget,
+    RegistrySettings,
+    SessionTrust,
+)
+
+
+def stack_gateway_config(settings: StackSettings) -> GatewayConfig:
+    s = settings
+    session_issuer.load_issuer(s.data_dir)  # creates the session issuer's key once
+    # One registry namespace per stack, so two stacks can share one Redis.
+    tag = hashlib.sha256(str(s.data_dir.resolve()).encode()).hexdigest()[:12]
+    return GatewayConfig(
+        host=s.host,
+        port=s.gateway_port,
+        openbao=OpenBaoSettings(
+            addrs=[s.api_addr(n) for n in NODE_IDS], ca_file=s.node_ca_dir / "ca.pem"
+        ),
+        sessions=SessionTrust(
+            jwks_file=session_issuer.issuer_dir(s.data_dir) / "jwks.json", mount="agents"
+        ),
+        identity=GatewayIdentity(
+            local_issuer_dir=s.issuer_dir, local_issuer_url=WORKLOAD_ISSUER_URL
+        ),
+        registry=RegistrySettings(prefix=f"clawql:gw:{tag}"),
+        databases={
+            "pg_main": PostgresTarget(
+                host="127.0.0.1",
+                port=5432,
+                dbname="clawql",
+                creds_role_template="{tenant}-{agent_role}-pg_main",
+            ),
+            "maria_main": MariaDBTarget(
+                kind="mariadb",
+                host="127.0.0.1",
+                port=3306,
+                dbname="{tenant}",
+                creds_role_template="{tenant}-{agent_role}-maria_main",
+            ),
+        },
+    )
