@@ -1,5 +1,5 @@
 # The two entry points of the README; everything else is a detail of these.
-.PHONY: bootstrap up down status test lint bench
+.PHONY: bootstrap up demo down status test lint bench
 
 VENV := .venv/bin
 
@@ -9,6 +9,9 @@ bootstrap:
 up: bootstrap
 	$(VENV)/clawql-secrets up
 	$(VENV)/clawql-secrets status
+
+demo: up
+	$(VENV)/clawql-secrets demo
 
 down:
 	$(VENV)/clawql-secrets down

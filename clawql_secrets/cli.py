@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clawql_secrets.audit import commands as audit_commands
     from clawql_secrets.certs import commands as certs_commands
     from clawql_secrets.cluster import commands as cluster_commands
+    from clawql_secrets.demo import commands as demo_commands
     from clawql_secrets.gateway import commands as gateway_commands
     from clawql_secrets.hsm import commands as hsm_commands
     from clawql_secrets.policy import commands as policy_commands
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     provision_commands.register(sub)
     policy_commands.register(sub)
     gateway_commands.register(sub)
+    demo_commands.register(sub)
     certs_commands.register(sub)
     return parser
 

@@ -185,7 +185,9 @@ def prepare(settings: StackSettings) -> LocalIssuer:
         s.node_config(node).write_text(hcl.render_node(spec))
     s.audit_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_config(
-        stack_config(s.data_dir, NODE_IDS, metrics_port=s.audit_metrics_port), s.shipper_config
+        # Every 10 s on a laptop (the demo waits for one); production's default is 60 s.
+        stack_config(s.data_dir, NODE_IDS, metrics_port=s.audit_metrics_port, interval_seconds=10),
+        s.shipper_config,
     )
     s.gateway_config.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     s.gateway_config.write_text(stack_gateway_config(s).model_dump_json(indent=2))

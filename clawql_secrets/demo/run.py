@@ -1,0 +1,211 @@
+"""``clawql-secrets demo``: the whole promise, step by step, on the running stack.
+
+Each step checks what it shows and raises ``DemoFailure`` naming the step when
+the promise does not hold, so the demo doubles as an end-to-end test. What an
+agent saw is printed as the gateway returned it; what existed meanwhile is read
+by the operator from PostgreSQL and the audit log. No credential is printed:
+the agent never had one.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+
+from clawql_secrets.audit import verify
+from clawql_secrets.audit.checkpoint import VerifierKey
+from clawql_secrets.audit.query import QueryFilter, query
+from clawql_secrets.audit.store import LocalWormStore
+from clawql_secrets.cluster.layout import StackSettings
+from clawql_secrets.errors import ClawQLError
+from clawql_secrets.gateway import session_issuer
+
+Say = Callable[[str, str, Any], None]
+
+
+class DemoFailure(ClawQLError):
+    """A step of the demo found the promise broken."""
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool
+    shown: Any = None
+
+
+@dataclass
+class Demo:
+    settings: StackSettings
+    say: Say
+    steps: list[Step] = field(default_factory=list)
+
+    def step(self, name: str, ok: bool, shown: Any = None) -> None:
+        self.steps.append(Step(name, ok, shown))
+        self.say(name, "ok" if ok else "FAILED", shown)
+        if not ok:
+            raise DemoFailure(f"demo step failed: {name}")
+
+
+def _sid(jwt: str) -> str:
+    payload = jwt.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return str(claims["sid"])
+
+
+def _roles(prefix: str = "v-") -> set[str]:
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres") as conn:
+        rows = conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (prefix + "%",)
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def _wait_gone(role: str, timeout: float = 2.0) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if role not in _roles(""):
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    return -1.0
+
+
+def run(settings: StackSettings, say: Say) -> list[Step]:
+    demo = Demo(settings, say)
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+    issuer = session_issuer.load_issuer(settings.data_dir)
+    url = settings.gateway_addr
+    with httpx.Client(base_url=url, timeout=15.0, trust_env=False) as http:
+
+        def call(jwt: str, sql: str, db: str = "pg_main") -> dict[str, Any]:
+            resp = http.post(
+                "/v1/tools/sql.query",
+                headers={"Authorization": f"Bearer {jwt}"},
+                json={"database": db, "sql": sql},
+            )
+            body: dict[str, Any] = resp.json()
+            return body
+
+        # 1. Two agents in two tenants get session JWTs from the platform's issuer.
+        acme = session_issuer.issue(issuer, tenant="acme", agent="bot-a", role="analyst", ttl=600)
+        globex = session_issuer.issue(
+            issuer, tenant="globex", agent="bot-g", role="analyst", ttl=600
+        )
+        demo.step("sessions issued for acme/bot-a and globex/bot-g", True)
+
+        # 2. SQL on the tenant's own data: the agent sees rows, never a credential.
+        before = _roles()
+        seen = call(acme, "SELECT k, v FROM acme.facts")
+        rows = (seen.get("result") or {}).get("rows")
+        demo.step(
+            "acme/bot-a reads its tenant's table through the gateway",
+            rows == [["tenant", "acme"]],
+            {"agent saw": seen},
+        )
+        created = sorted(_roles() - before)
+        demo.step(
+            "meanwhile a dynamic PostgreSQL user exists for that session only",
+            len(created) == 1,
+            {"pg_roles": created},
+        )
+        again = call(acme, "SELECT count(*) FROM acme.facts")
+        demo.step(
+            "a second call reuses the session's user (no new role)",
+            "result" in again and sorted(_roles() - before) == created,
+        )
+
+        # 3. Cross-tenant: refused, by the database grants and OpenBao's policies.
+        denied = call(acme, "SELECT v FROM globex.facts")
+        code = (denied.get("error") or {}).get("code")
+        demo.step(
+            "acme/bot-a reading globex's table is refused",
+            code in {"sql_permission_denied", "anomaly_revoked"},
+            {"agent saw": denied},
+        )
+        maria = call(globex, "SELECT k, v FROM facts", db="maria_main")
+        demo.step(
+            "globex/bot-g reads its own MariaDB database",
+            (maria.get("result") or {}).get("rows") == [["tenant", "globex"]],
+            {"agent saw": maria},
+        )
+
+        # 4. Session end: every credential of the session dies.
+        resp = http.delete(
+            f"/v1/sessions/{_sid(acme)}", headers={"Authorization": f"Bearer {acme}"}
+        )
+        gone_after = _wait_gone(created[0]) if created else -1.0
+        demo.step(
+            "DELETE the acme session: its PostgreSQL user is dropped",
+            resp.status_code == 200 and gone_after >= 0,
+            {"ended": resp.json(), "role gone after s": round(gone_after, 3)},
+        )
+        after = call(acme, "SELECT 1")
+        demo.step(
+            "the same JWT is refused afterwards",
+            (after.get("error") or {}).get("code") in {"session_ended", "session_revoked"},
+            {"agent saw": after},
+        )
+
+        # 5. Anomaly: a burst of denied calls revokes the globex session.
+        before_g = _roles()
+        call(globex, "SELECT v FROM globex.facts")
+        g_roles = sorted(_roles() - before_g)
+        last: dict[str, Any] = {}
+        for _ in range(10):
+            last = call(globex, "SELECT v FROM acme.facts")
+            if (last.get("error") or {}).get("code") != "sql_permission_denied":
+                break
+        follow = call(globex, "SELECT v FROM globex.facts")
+        revoked = (follow.get("error") or {}).get("code") in {
+            "session_ended",
+            "session_revoked",
+            "anomaly_revoked",
+        }
+        demo.step(
+            "a burst of denied calls revokes the globex session (anomaly)",
+            revoked,
+            {"last denied": last, "next call": follow},
+        )
+        demo.step(
+            "the revoked session's PostgreSQL user is gone",
+            all(_wait_gone(r) >= 0 for r in g_roles),
+            {"pg_roles dropped": g_roles},
+        )
+
+    # 6. The audit log: verify everything, then ask "did acme/bot-a touch its creds?"
+    verifier_file = settings.audit_dir / "verifier.txt"
+    store = LocalWormStore(settings.audit_dir / "store")
+    key = VerifierKey.parse(verifier_file.read_text().strip())
+    deadline = time.monotonic() + 90
+    matches: list[Any] = []
+    while time.monotonic() < deadline:
+        try:
+            matches = query(store, key, QueryFilter(agent="bot-a", tenant="acme", since=started))
+        except ClawQLError:
+            matches = []
+        if any("database/creds/" in json.dumps(m.to_json()) for m in matches):
+            break
+        time.sleep(1.0)
+    result = verify.report(store, key)
+    demo.step(
+        "audit verify: every stream recomputed, every checkpoint signed and consistent",
+        result.ok,
+        {"streams": [vars(s) for s in result.streams]},
+    )
+    cred_reads = [m.to_json() for m in matches if "database/creds/" in json.dumps(m.to_json())]
+    demo.step(
+        "audit query: acme/bot-a's credential requests, each with an inclusion proof",
+        bool(cred_reads),
+        [{k: m[k] for k in m if k != "proof"} for m in cred_reads[:2]],
+    )
+    for m in matches[:3]:
+        verify.check_inclusion(m.proof, key)
+    return demo.steps
