@@ -251,3 +251,35 @@ def _wait_for(pred: object, timeout: float) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("condition not reached in time")
+
+
+@pytest.mark.parametrize(
+    ("identity", "method", "path"),
+    [
+        ("GATEWAY", "GET", "database/creds/acme-analyst-pg_main"),
+        ("GATEWAY", "GET", "secret/data/tenants/acme/agents/a1/token"),
+        ("GATEWAY", "POST", "pki_int/issue/acme-analyst"),
+        ("GATEWAY", "POST", "sys/policies/acl/agent-x"),
+        ("PROVISIONER", "GET", "database/creds/acme-analyst-pg_main"),
+        ("PROVISIONER", "POST", "pki_int/issue/acme-analyst"),
+        ("PROVISIONER", "POST", "pki_int/sign/acme-analyst"),
+        ("PROVISIONER", "POST", "pki/sign-verbatim"),
+        ("PROVISIONER", "GET", "identity/oidc/token/aws_readonly"),
+        ("PROVISIONER", "POST", "sys/policies/acl/agent-x"),
+        ("OPERATOR", "GET", "secret/data/tenants/acme/agents/a1/token"),
+        ("OPERATOR", "POST", "sys/policies/acl/agent-x"),
+    ],
+)
+def test_service_identities_cannot_use_what_they_do_not_own(
+    live_stack: StackSettings, identity: str, method: str, path: str
+) -> None:
+    issuer = LocalIssuer.load(live_stack.issuer_dir, stack.ISSUER_URL)
+    with stack.client_for(live_stack, retry_for=10) as client:
+        token = bootstrap.login(client, issuer, getattr(bootstrap, identity))
+        try:
+            body = {} if method == "POST" else None
+            with pytest.raises(OpenBaoError) as err:
+                client.request(method, path, body=body, token=token)
+            assert err.value.status == 403, err.value
+        finally:
+            client.request("POST", "auth/token/revoke-self", token=token)
