@@ -88,6 +88,12 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, required=True, help="shipper configuration (JSON/YAML)")
     p.set_defaults(func=_ship)
 
+    p = asub.add_parser(
+        "ingest", help="serve an mTLS endpoint for Fluent Bit's http output (foreground)"
+    )
+    p.add_argument("--config", type=Path, required=True, help="ingest configuration (JSON/YAML)")
+    p.set_defaults(func=_ingest)
+
 
 def _store(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -294,6 +300,26 @@ def _ship(args: argparse.Namespace) -> int:
         if server is not None:
             server.shutdown()
             server.server_close()
+        release()
+    print("stopped", flush=True)
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from clawql_secrets.audit.fluentbit import load_ingest_config, serve
+    from clawql_secrets.audit.ship_config import open_signer, open_store
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("clawql_secrets").setLevel(logging.INFO)
+    config = load_ingest_config(args.config)
+    store = open_store(config.store)
+    signer, release = open_signer(config.signer)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve(config, store, signer, stop)
+    finally:
         release()
     print("stopped", flush=True)
     return 0

@@ -100,7 +100,7 @@ class ShipperSettings:
             raise ConfigError("shipper limits must be positive")
 
 
-class _RecentIds:
+class RecentIds:
     """A bounded set of entry ids, oldest forgotten first."""
 
     def __init__(self, capacity: int) -> None:
@@ -129,7 +129,7 @@ class _Stream:
     def __init__(self, source: StreamSource, tailer: AuditTailer, recent: int) -> None:
         self.source = source
         self.tailer = tailer
-        self.seen = _RecentIds(recent)
+        self.seen = RecentIds(recent)
         self.ready = False
         self.pending = 0
         self.committed: Cursor | None = None
