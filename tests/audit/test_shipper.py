@@ -133,7 +133,7 @@ def test_planted_secrets_never_reach_the_store(tmp_path: Path, signer: Ed25519Si
     planted = {
         "token": "s." + "Q7d9xK2mP4vL8nR3tY6wZ1aB",
         "password_url": "postgresql://app:Sup3rS3cretPw42@db.internal:5432/app",
-        "aws": "AKIAIOSFODNN7EXAMPLE",
+        "aws": "AKIA" + "IOSFODNN7EXAMPLE",
         "kv": "kv-value-9f8e7d6c5b4a",
     }
     audit["n1"].write(pair(0, note=f"retry with {planted['token']} on {planted['password_url']}"))
@@ -434,7 +434,9 @@ def test_metrics_endpoint_exposes_tree_heads_and_no_secret(
     srcs = sources(tmp_path, ("n1", "n2"))
     audit = files(srcs)
     store = MemoryWormStore()
-    audit["n1"].write(pair(0, note="password=Hunter2Hunter2 token s.AAAAbbbbCCCCddddEEEEffff"))
+    audit["n1"].write(
+        pair(0, note="password=Hunter2Hunter2 token " + "s." + "AAAAbbbbCCCCddddEEEEffff")
+    )
     audit["n2"].write_calls(1, 2)
     with make_shipper(srcs, store, signer, FAST) as shipper:
         ship(shipper)
