@@ -281,12 +281,20 @@ def test_shipper_process_killed_mid_segment_and_restarted(
     store = LocalWormStore(tmp_path / "worm")
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             shipper_command(tmp_path / "ship.json"),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONWARNINGS": "error"},
         )
+        # Ready (signal handlers installed) once it says what it ships; a loaded
+        # machine can take seconds to import everything.
+        assert proc.stdout is not None
+        for _ in range(200):
+            line = proc.stdout.readline()
+            if not line or line.startswith(b"shipping "):
+                break
+        return proc
 
     def wait_for(size: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
