@@ -44,6 +44,11 @@ CATALOG: Final[tuple[BootstrapItem, ...]] = (
     BootstrapItem("bridge_tls_key", "tls/bridge/*.key", "HSM bridge TLS key: its server identity"),
     BootstrapItem("issuer_key", "issuer/signing.key", "workload issuer key: operator logins"),
     BootstrapItem(
+        "session_issuer_key",
+        "sessions-issuer/signing.key",
+        "local session issuer key: agent sessions (the platform's issuer in production)",
+    ),
+    BootstrapItem(
         "holder_identity", "holders/*.key", "DEV ONLY: a recovery key holder's age identity"
     ),
 )

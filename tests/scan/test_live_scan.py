@@ -29,6 +29,7 @@ EXPECTED_BOOTSTRAP = {
     "ca_key": 2,
     "bridge_tls_key": 1,
     "issuer_key": 1,
+    "session_issuer_key": 1,
     "holder_identity": 5,
 }
 
