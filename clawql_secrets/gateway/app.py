@@ -16,9 +16,10 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from clawql_secrets.errors import (
     AuthenticationError,
@@ -70,30 +71,103 @@ def _guard(fn: Endpoint) -> Endpoint:
 
 
 def _bearer(request: Request) -> str:
-    value = request.headers.get("authorization", "")
+    return _parse_bearer(request.headers.get("authorization", ""))
+
+
+def _parse_bearer(value: str) -> str:
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise TokenMalformed("missing_bearer", "send 'Authorization: Bearer <session JWT>'")
     return token.strip()
 
 
-async def _json_body(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
+def _too_large(limit: int) -> RequestRejected:
+    return RequestRejected("body_too_large", f"the body exceeds {limit} bytes", status=413)
+
+
+def _check_declared(declared: str | None, limit: int) -> None:
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise RequestRejected("body_too_large", f"the body exceeds {limit} bytes", status=413)
+        raise _too_large(limit)
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    _check_declared(request.headers.get("content-length"), limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestRejected("body_too_large", f"the body exceeds {limit} bytes", status=413)
+            raise _too_large(limit)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return _parse_json(b"".join(chunks))
+
+
+def _parse_json(raw: bytes) -> Any:
     if not raw:
         return {}
     try:
         return json.loads(raw)
     except ValueError:
         raise RequestRejected("invalid_json", "the body is not JSON") from None
+
+
+_TOOLS_PREFIX = "/v1/tools/"
+
+
+class GatewayApp(Starlette):
+    """Starlette, plus a direct path for ``POST /v1/tools/{tool}``, the hot endpoint.
+
+    The direct path does what the routed ``call_tool`` endpoint does (same
+    bearer and body checks, same JSON and error responses) without the
+    middleware stack, the router and ``Request`` objects. Anything that is not
+    exactly ``POST /v1/tools/<one segment>`` goes through Starlette.
+    """
+
+    def __init__(self, gw: Gateway, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._gw = gw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if path.startswith(_TOOLS_PREFIX):
+                tool = path[len(_TOOLS_PREFIX) :]
+                if tool and "/" not in tool:
+                    try:
+                        response = await self._call_tool(scope, receive, tool)
+                    except Exception as exc:
+                        response = error_response(exc)
+                    await response(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+    async def _call_tool(self, scope: Scope, receive: Receive, tool: str) -> Response:
+        authorization, declared = "", None
+        seen_auth = seen_len = False
+        for name, value in scope["headers"]:
+            if name == b"authorization" and not seen_auth:
+                authorization, seen_auth = value.decode("latin-1"), True
+            elif name == b"content-length" and not seen_len:
+                declared, seen_len = value.decode("latin-1"), True
+        bearer = _parse_bearer(authorization)
+        limit = self._gw.config.max_body_bytes
+        _check_declared(declared, limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            elif message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+        body = _parse_json(b"".join(chunks))
+        result = await anyio.to_thread.run_sync(self._gw.call_tool, bearer, tool, body)
+        return JSONResponse({"result": result})
 
 
 def build_app(gw: Gateway, *, sweeper: bool = True) -> Starlette:
@@ -192,7 +266,8 @@ def build_app(gw: Gateway, *, sweeper: bool = True) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", schema, methods=["GET"]),
     ]
-    return Starlette(
+    return GatewayApp(
+        gw,
         routes=routes,
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: method_not_allowed, Exception: internal},

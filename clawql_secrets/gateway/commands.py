@@ -65,6 +65,9 @@ def _serve(args: argparse.Namespace) -> int:
                 host=cfg.host,
                 port=cfg.port,
                 log_level=cfg.log_level,
+                # Per-request access lines cost CPU on every call; the gateway logs
+                # its own line per tool call (core.call_tool) at info level.
+                access_log=False,
                 lifespan="on",
                 server_header=False,
                 proxy_headers=False,

@@ -33,6 +33,7 @@ replica notices at its next sweep or call and closes its own.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -47,6 +48,7 @@ from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import ClawQLError, ConfigError, NotLeaderError, OpenBaoError
 from clawql_secrets.gateway import jwt_check
 from clawql_secrets.gateway.anomaly import Detector, Hit
+from clawql_secrets.gateway.bao_login import LoginClient
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.errors import (
     AccessDenied,
@@ -142,6 +144,46 @@ class JWKSCache:
         return self.keys
 
 
+@dataclass(frozen=True)
+class _Verified:
+    claims: SessionClaims
+    keys: KeySet
+    at: float
+
+
+class _VerifiedCache:
+    """Claims of session JWTs whose signature and claims already verified, until ``exp``.
+
+    Keyed by the SHA-256 of the token (the token itself is not kept). A hit
+    needs the same key set object that verified it (a JWKS reload drops every
+    entry), a clock not earlier than the first verification and before ``exp``:
+    in that window a full ``jwt_check.verify_session`` gives the same answer, so
+    a hit only skips repeating the signature check and the claim parsing.
+    Failures are never cached. The registry check and the OpenBao login still
+    happen on every call.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._max = max_entries
+        self._d: dict[bytes, _Verified] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes, keys: KeySet, now: float) -> SessionClaims | None:
+        v = self._d.get(digest)
+        if v is None or v.keys is not keys or not v.at <= now < v.claims.exp:
+            return None
+        return v.claims
+
+    def put(self, digest: bytes, v: _Verified) -> None:
+        with self._lock:
+            if len(self._d) >= self._max:
+                now = v.at
+                self._d = {k: e for k, e in self._d.items() if e.claims.exp > now}
+                if len(self._d) >= self._max:
+                    self._d.clear()
+            self._d[digest] = v
+
+
 class _Context:
     """The ``ToolContext`` of one call: reads with the agent's token, never exposes it."""
 
@@ -216,9 +258,13 @@ class Gateway:
         tools: Mapping[str, Tool],
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        login_client: LoginClient | None = None,
     ) -> None:
         self.config = config
         self.bao = bao
+        # The per-call session login over keep-alive connections (``bao_login``);
+        # without one, ``bao`` does it.
+        self.login_client = login_client
         self.registry = registry
         self.tools = dict(tools)
         self.metrics = metrics or Metrics()
@@ -230,6 +276,7 @@ class Gateway:
             s.audience,
             limits=JWTLimits(s.max_token_bytes, s.clock_skew, s.max_lifetime),
         )
+        self._verified = _VerifiedCache()
         self.admin_keys: KeySet | None = None
         if config.admin is not None:
             self.admin_keys = JWKSCache(config.admin.jwks_file).keys
@@ -246,10 +293,23 @@ class Gateway:
 
     # -- authentication ----------------------------------------------------------
     def verify_session(self, bearer: str) -> SessionClaims:
-        """Step 1: local verification (the registry state is checked by the caller)."""
-        return jwt_check.verify_session(
-            bearer, self.jwks.for_kid(_peek_kid(bearer)), self.session_policy, now=self.clock()
-        )
+        """Step 1: local verification (the registry state is checked by the caller).
+
+        A token that verified before (same key set, not yet expired) is served
+        from ``_VerifiedCache``; anything else takes the full check.
+        """
+        now = self.clock()
+        digest = b""
+        if len(bearer) <= self.session_policy.limits.max_bytes:
+            digest = hashlib.sha256(bearer.encode("utf-8", "surrogatepass")).digest()
+            hit = self._verified.get(digest, self.jwks.keys, now)
+            if hit is not None:
+                return hit
+        keys = self.jwks.for_kid(_peek_kid(bearer))
+        claims = jwt_check.verify_session(bearer, keys, self.session_policy, now=now)
+        if digest:
+            self._verified.put(digest, _Verified(claims, keys, now))
+        return claims
 
     def verify_admin(self, bearer: str) -> str:
         if self.config.admin is None or self.admin_keys is None:
@@ -276,10 +336,12 @@ class Gateway:
         """Step 2: the same JWT for a batch token of the agent's role."""
         s = self.config.sessions
         role = s.role_template.format(agent_role=claims.agent_role, tenant=claims.tenant)
+        body = {"role": role, "jwt": bearer}
         try:
-            resp = self.bao.request(
-                "POST", f"auth/{s.mount}/login", body={"role": role, "jwt": bearer}, token=""
-            )
+            if self.login_client is not None:
+                resp = self.login_client.login(s.mount, body)
+            else:
+                resp = self.bao.request("POST", f"auth/{s.mount}/login", body=body, token="")
         except NotLeaderError as exc:
             self.metrics.exchanges.labels("unavailable").inc()
             raise BackendUnavailable("openbao_unavailable", "OpenBao is unavailable") from exc
@@ -588,6 +650,8 @@ class Gateway:
             sids = list(self._local)
         for sid in sids:
             self._drop_local(sid)
+        if self.login_client is not None:
+            self.login_client.close()
 
 
 def _peek(bearer: str, part: int) -> dict[str, Any]:

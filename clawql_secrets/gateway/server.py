@@ -6,6 +6,7 @@ from starlette.applications import Starlette
 
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.gateway.app import build_app
+from clawql_secrets.gateway.bao_login import LoginClient
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.registry import RedisRegistry
@@ -20,5 +21,11 @@ def build(cfg: GatewayConfig) -> tuple[Starlette, Gateway]:
         retry_for=cfg.openbao.retry_for,
     )
     registry = RedisRegistry(cfg.registry.redis_url, cfg.registry.prefix)
-    gw = Gateway(cfg, bao=bao, registry=registry, tools=load_tools(cfg))
+    login = LoginClient(
+        cfg.openbao.addrs,
+        cfg.openbao.ca_file,
+        timeout=cfg.openbao.timeout,
+        retry_for=cfg.openbao.retry_for,
+    )
+    gw = Gateway(cfg, bao=bao, registry=registry, tools=load_tools(cfg), login_client=login)
     return build_app(gw), gw
