@@ -455,6 +455,9 @@ def make_server(settings: BridgeSettings, token: HSMToken) -> uvicorn.Server:
     config = uvicorn.Config(
         BridgeApp(settings, token).build(),
         http=ClientCertProtocol,
+        # The stdlib loop: ClientCertProtocol reads the peer certificate from its
+        # SSL transport, which is what this protocol was written and tested against.
+        loop="asyncio",
         ssl_context_factory=lambda _config, _default: ctx,
         lifespan="off",
         log_config=None,
