@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from clawql_secrets.errors import ConfigError
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -12,3 +18,24 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_model(path: Path, model: type[M], what: str) -> M:
+    """A config file (YAML or JSON) validated as ``model``; ConfigError naming ``what``."""
+    try:
+        raw = yaml.safe_load(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"the {what} {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"the {what} {path} cannot be read") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the {what} {path} is not valid JSON/YAML") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"the {what} {path} is invalid: {describe_validation_error(exc)}"
+        ) from exc

@@ -46,9 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-import yaml
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from clawql_secrets.audit import layout
 from clawql_secrets.audit.checkpoint import Signer
@@ -68,7 +67,7 @@ from clawql_secrets.audit.shipper import RecentIds
 from clawql_secrets.audit.store import WormStore
 from clawql_secrets.audit.tail import Cursor, EntryKind, RawEntry, entry_id, line_hasher
 from clawql_secrets.errors import ClawQLError, ConfigError, IntegrityError
-from clawql_secrets.validation import describe_validation_error
+from clawql_secrets.validation import load_model
 
 log = logging.getLogger(__name__)
 
@@ -593,21 +592,7 @@ class IngestConfig(_Strict):
 
 
 def load_ingest_config(path: Path) -> IngestConfig:
-    try:
-        raw = yaml.safe_load(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"the ingest configuration {path} does not exist") from exc
-    except OSError as exc:
-        raise ConfigError(f"the ingest configuration {path} cannot be read") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"the ingest configuration {path} is not valid JSON/YAML") from exc
-    try:
-        config = IngestConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"the ingest configuration {path} is invalid: {describe_validation_error(exc)}"
-        ) from exc
-    return config.resolved(path.resolve().parent)
+    return load_model(path, IngestConfig, "ingest configuration").resolved(path.resolve().parent)
 
 
 def serve(config: IngestConfig, store: WormStore, signer: Signer, stop: threading.Event) -> None:

@@ -29,8 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from clawql_secrets.audit import layout
 from clawql_secrets.audit.checkpoint import Ed25519Signer, Signer, VerifierKey
@@ -40,7 +39,7 @@ from clawql_secrets.audit.shipper import ShipperSettings, StreamSource
 from clawql_secrets.audit.store import LocalWormStore, WormStore
 from clawql_secrets.errors import ConfigError, InputError
 from clawql_secrets.hsm.token import DEFAULT_LIB_PATH
-from clawql_secrets.validation import describe_validation_error
+from clawql_secrets.validation import load_model
 
 
 class _Strict(BaseModel):
@@ -144,21 +143,7 @@ class ShipConfig(_Strict):
 
 
 def load_config(path: Path) -> ShipConfig:
-    try:
-        raw = yaml.safe_load(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"the shipper configuration {path} does not exist") from exc
-    except OSError as exc:
-        raise ConfigError(f"the shipper configuration {path} cannot be read") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"the shipper configuration {path} is not valid JSON/YAML") from exc
-    try:
-        config = ShipConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"the shipper configuration {path} is invalid: {describe_validation_error(exc)}"
-        ) from exc
-    return config.resolved(path.resolve().parent)
+    return load_model(path, ShipConfig, "shipper configuration").resolved(path.resolve().parent)
 
 
 def open_store(config: LocalStoreConfig | S3StoreConfig) -> WormStore:
