@@ -62,6 +62,7 @@ from clawql_secrets.audit.ship_config import (
     HSMSignerModel,
     LocalStoreConfig,
     S3StoreConfig,
+    resolve_store_and_signer,
 )
 from clawql_secrets.audit.shipper import RecentIds
 from clawql_secrets.audit.store import WormStore
@@ -558,17 +559,7 @@ class IngestConfig(_Strict):
                 "client_ca_file": fix(self.listen.client_ca_file),
             }
         )
-        store = self.store
-        if isinstance(store, LocalStoreConfig):
-            store = store.model_copy(update={"path": fix(store.path)})
-        signer = self.signer
-        if isinstance(signer, FileSignerConfig):
-            signer = signer.model_copy(update={"key_file": fix(signer.key_file)})
-        else:
-            conf = None if signer.softhsm_conf is None else fix(signer.softhsm_conf)
-            signer = signer.model_copy(
-                update={"pin_file": fix(signer.pin_file), "softhsm_conf": conf}
-            )
+        store, signer = resolve_store_and_signer(self.store, self.signer, fix)
         return self.model_copy(update={"listen": listen, "store": store, "signer": signer})
 
     def source_uris(self) -> dict[str, str]:

@@ -111,17 +111,7 @@ class ShipConfig(_Strict):
             n: StreamConfig(audit_file=fix(s.audit_file), cursor_dir=fix(s.cursor_dir))
             for n, s in self.streams.items()
         }
-        store = self.store
-        if isinstance(store, LocalStoreConfig):
-            store = store.model_copy(update={"path": fix(store.path)})
-        signer = self.signer
-        if isinstance(signer, FileSignerConfig):
-            signer = signer.model_copy(update={"key_file": fix(signer.key_file)})
-        else:
-            conf = None if signer.softhsm_conf is None else fix(signer.softhsm_conf)
-            signer = signer.model_copy(
-                update={"pin_file": fix(signer.pin_file), "softhsm_conf": conf}
-            )
+        store, signer = resolve_store_and_signer(self.store, self.signer, fix)
         return self.model_copy(update={"streams": streams, "store": store, "signer": signer})
 
     def sources(self) -> list[StreamSource]:
@@ -140,6 +130,22 @@ class ShipConfig(_Strict):
             origin_prefix=self.origin_prefix,
             max_pending_entries=self.max_pending_entries,
         )
+
+
+StoreModel = LocalStoreConfig | S3StoreConfig
+SignerModel = FileSignerConfig | HSMSignerModel
+
+
+def resolve_store_and_signer(
+    store: StoreModel, signer: SignerModel, fix: Callable[[Path], Path]
+) -> tuple[StoreModel, SignerModel]:
+    """The store's and signer's relative paths resolved by ``fix`` (shipper and ingest)."""
+    if isinstance(store, LocalStoreConfig):
+        store = store.model_copy(update={"path": fix(store.path)})
+    if isinstance(signer, FileSignerConfig):
+        return store, signer.model_copy(update={"key_file": fix(signer.key_file)})
+    conf = None if signer.softhsm_conf is None else fix(signer.softhsm_conf)
+    return store, signer.model_copy(update={"pin_file": fix(signer.pin_file), "softhsm_conf": conf})
 
 
 def load_config(path: Path) -> ShipConfig:

@@ -65,12 +65,7 @@ def open_pool(ctx: ToolContext, target: MariaDBTarget) -> MariaDBPool:
         )
 
     pool = MariaDBPool(connect, target.pool_size, user)
-    try:
-        with pool.connection():
-            pass  # fail now, not on the agent's next call
-    except pymysql.MySQLError as exc:
-        pool.close()
-        raise translate(exc, user) from None
+    pool.warm((pymysql.MySQLError,), lambda exc: translate(exc, user))
     return pool
 
 

@@ -35,6 +35,19 @@ class SessionPool(Generic[C]):
         self._closed = False
         self.user = user
 
+    def warm(
+        self,
+        errors: tuple[type[Exception], ...],
+        translate: Callable[[Exception], Exception],
+    ) -> None:
+        """Open one connection now, so a bad credential fails this call, not the next."""
+        try:
+            with self.connection():
+                pass
+        except errors as exc:
+            self.close()
+            raise translate(exc) from None
+
     @contextlib.contextmanager
     def connection(self, timeout: float = 10.0) -> Iterator[C]:
         conn = self._acquire(timeout)

@@ -127,12 +127,7 @@ class SQLQueryTool:
             )
 
         pool = PGPool(connect, target.pool_size, user)
-        try:
-            with pool.connection():
-                pass  # fail now, not on the agent's next call
-        except psycopg.Error as exc:
-            pool.close()
-            raise _translate(exc, user) from None
+        pool.warm((psycopg.Error,), lambda exc: _translate(exc, user))  # type: ignore[arg-type]
         return pool
 
     def _execute(
