@@ -141,6 +141,34 @@ class LocalCA:
         cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
         if cert_path.exists() and key_path.exists() and self._signed_by_me(cert_path):
             return IssuedCert(cert_path, key_path, self.cert_path)
+        chain, key = self.issue_pem(
+            name,
+            dns=dns,
+            ips=ips,
+            uris=uris,
+            server=server,
+            client=client,
+            lifetime=dt.timedelta(days=days),
+        )
+        write_private(key_path, key)
+        cert_path.write_bytes(chain)
+        return IssuedCert(cert_path, key_path, self.cert_path)
+
+    def issue_pem(
+        self,
+        name: str,
+        *,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+        uris: tuple[str, ...] = (),
+        server: bool = False,
+        client: bool = False,
+        lifetime: dt.timedelta = dt.timedelta(days=825),
+    ) -> tuple[bytes, bytes]:
+        """A new leaf as PEM bytes (certificate then CA; PKCS#8 key), written nowhere.
+
+        For a process that holds its key in memory only for as long as it runs.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
@@ -158,7 +186,7 @@ class LocalCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
@@ -170,12 +198,10 @@ class LocalCA:
         if usages:
             builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
-        write_private(key_path, _key_pem(key))
-        cert_path.write_bytes(
-            cert.public_bytes(serialization.Encoding.PEM)
-            + self.cert.public_bytes(serialization.Encoding.PEM)
+        chain = cert.public_bytes(serialization.Encoding.PEM) + self.cert.public_bytes(
+            serialization.Encoding.PEM
         )
-        return IssuedCert(cert_path, key_path, self.cert_path)
+        return chain, _key_pem(key)
 
     def _signed_by_me(self, cert_path: Path) -> bool:
         try:

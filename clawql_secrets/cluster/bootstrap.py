@@ -9,7 +9,8 @@ Order matters and is the point of this module:
 3. With the initial root token (memory only, never on disk): tune autopilot,
    enable KV v2, the ``workload`` JWT auth mount trusting the platform's
    workload issuer, and the service identities (operator, break-glass,
-   provisioner, approval controller, gateway), each a role bound to one subject.
+   provisioner, approval controller, gateway, secrets writer), each a role bound
+   to one subject.
 4. Revoke the root token. From here on every identity comes from a JWT login.
 """
 
@@ -194,7 +195,30 @@ path "auth/token/lookup-accessor" { capabilities = ["update"] }
 """,
 )
 
-IDENTITIES = (OPERATOR, BREAKGLASS, PROVISIONER, APPROVAL_CONTROLLER, GATEWAY, CHANGE_PARTICIPANT)
+# Operators set agents' injected secrets (`agent-secret put`) as this identity. It
+# writes a new version of one agent's named secret and nothing else: it cannot read a
+# value back (not even its own), list names, delete or destroy versions, touch
+# metadata or any other path. "+" (one segment) rather than "*": deeper paths are
+# nobody's secret (agent policies read exactly .../agents/<agent>/<name>).
+SECRETS_WRITER = WorkloadIdentity(
+    role="secrets-writer",
+    subject="clawql-secrets-writer",
+    policy="clawql-secrets-writer",
+    hcl="""\
+path "secret/data/tenants/+/agents/+/+" { capabilities = ["create", "update"] }
+path "sys/*" { capabilities = ["deny"] }
+""",
+)
+
+IDENTITIES = (
+    OPERATOR,
+    BREAKGLASS,
+    PROVISIONER,
+    APPROVAL_CONTROLLER,
+    GATEWAY,
+    CHANGE_PARTICIPANT,
+    SECRETS_WRITER,
+)
 
 
 @dataclass(frozen=True)

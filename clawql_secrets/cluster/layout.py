@@ -31,7 +31,8 @@ class StackSettings:
     """The knobs of a local stack.
 
     Ports: node i uses base+10*i (API) and +1 (cluster); the audit shipper's
-    metrics base+60; the gateway base+70; the bridge its own port.
+    metrics base+60; the gateway base+70; the demo's HTTPS destination base+80
+    (bound only while ``demo`` runs); the bridge its own port.
     """
 
     data_dir: Path
@@ -49,12 +50,17 @@ class StackSettings:
                 fix="use an address in 127.0.0.0/8",
             )
         ports = [p for n in NODE_IDS for p in self.node_ports(n).__dict__.values()]
-        ports += [self.bridge_port, self.audit_metrics_port, self.gateway_port]
+        ports += [
+            self.bridge_port,
+            self.audit_metrics_port,
+            self.gateway_port,
+            self.demo_target_port,
+        ]
         if len(set(ports)) != len(ports) or not all(1024 <= p < 65536 for p in ports):
             raise ConfigError(
                 f"ports overlap or are out of range (base {self.base_port}, "
                 f"bridge {self.bridge_port})",
-                fix="choose a base port with 30 free ports above it and a distinct bridge port",
+                fix="choose a base port with 81 free ports above it and a distinct bridge port",
             )
         if not 1 <= self.recovery_threshold <= self.recovery_shares:
             raise ConfigError("recovery threshold must be between 1 and the number of shares")
@@ -75,6 +81,11 @@ class StackSettings:
     def gateway_port(self) -> int:
         """The agent-facing gateway (base + 70)."""
         return self.base_port + 70
+
+    @property
+    def demo_target_port(self) -> int:
+        """The demo's HTTPS destination for ``http.request`` (base + 80)."""
+        return self.base_port + 80
 
     @property
     def gateway_addr(self) -> str:
@@ -110,6 +121,11 @@ class StackSettings:
     @property
     def bridge_tls_dir(self) -> Path:
         return self.tls_dir / "bridge"
+
+    @property
+    def demo_target_ca_dir(self) -> Path:
+        """CA of the demo destination's server certificate (the gateway trusts it)."""
+        return self.tls_dir / "demo-target-ca"
 
     def node_dir(self, node_id: str) -> Path:
         return self.data_dir / "nodes" / node_id

@@ -105,6 +105,7 @@ def free_settings(data_dir: Path, host: str = LOOPBACK) -> StackSettings:
 
 def _ports(settings: StackSettings) -> list[int]:
     ports = [settings.bridge_port, settings.audit_metrics_port, settings.gateway_port]
+    ports.append(settings.demo_target_port)  # bound by `demo` only, but kept free for it
     for n in NODE_IDS:
         p = settings.node_ports(n)
         ports += [p.api, p.cluster]

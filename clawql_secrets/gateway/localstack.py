@@ -2,7 +2,11 @@
 
 It trusts the stack's session issuer (agents) and gets its own identity from the
 stack's workload issuer; its SQL targets are the example tenants' databases
-(`examples/clawql.yaml`: `<tenant>-<role>-<connection>` dynamic roles).
+(`examples/clawql.yaml`: `<tenant>-<role>-<connection>` dynamic roles). Role
+``integrator`` may make ``http.request`` calls to the demo's HTTPS destination
+only (``clawql_secrets/demo/target.py``), with a client certificate named as the
+example's ``cert_sans`` and a KV secret in ``Authorization``; the gateway trusts
+that destination through a per-stack "demo-target" CA and nothing else.
 """
 
 from __future__ import annotations
@@ -20,11 +24,23 @@ from clawql_secrets.gateway.config import (
     RegistrySettings,
     SessionTrust,
 )
+from clawql_secrets.tlsca import LocalCA
+
+# examples/clawql.yaml, role integrator: cert_sans (OpenBao's PKI role allows only this).
+AGENT_URI_SAN = "spiffe://clawql/tenants/{tenant}/agents/{agent}"
+HTTP_ROLE = "integrator"
+DEMO_TARGET_CA_NAME = "ClawQL local demo-target CA"
+
+
+def demo_target_ca(settings: StackSettings) -> LocalCA:
+    """The CA of the demo destination's server certificate, created once per stack."""
+    return LocalCA.load_or_create(settings.demo_target_ca_dir, DEMO_TARGET_CA_NAME)
 
 
 def stack_gateway_config(settings: StackSettings) -> GatewayConfig:
     s = settings
     session_issuer.load_issuer(s.data_dir)  # creates the session issuer's key once
+    target_ca = demo_target_ca(s)  # likewise the demo destination's CA (key 0600)
     # One registry namespace per stack, so two stacks can share one Redis.
     tag = hashlib.sha256(str(s.data_dir.resolve()).encode()).hexdigest()[:12]
     return GatewayConfig(
@@ -54,5 +70,18 @@ def stack_gateway_config(settings: StackSettings) -> GatewayConfig:
                 dbname="{tenant}",
                 creds_role_template="{tenant}-{agent_role}-maria_main",
             ),
+        },
+        tools={
+            "http.request": {
+                "ca_file": str(target_ca.cert_path),
+                "uri_san_template": AGENT_URI_SAN,
+                "roles": {
+                    HTTP_ROLE: {
+                        "allow": [f"https://{s.host}:{s.demo_target_port}"],
+                        "client_cert": True,
+                        "inject_headers": ["Authorization"],
+                    }
+                },
+            }
         },
     )

@@ -1,4 +1,5 @@
-"""CLI: ``plan`` (exit 0 = nothing to do, 2 = changes pending) and ``apply``."""
+"""CLI: ``plan`` (exit 0 = nothing to do, 2 = changes pending), ``apply``, and
+``agent-secret put`` (an agent's injected secret, value from stdin, never echoed)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,25 @@ def register(sub: Any) -> None:
         p = sub.add_parser(name, help=text)
         add_common(p)
         p.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "agent-secret", help="set an agent's injected secret (value from stdin, never echoed)"
+    )
+    asub = p.add_subparsers(dest="agent_secret_command", metavar="ACTION")
+    asub.required = True
+    put = asub.add_parser(
+        "put",
+        help="store secret/data/tenants/T/agents/A/NAME as the secrets-writer identity",
+        description="Reads the value from stdin (one trailing newline removed), or prompts "
+        "without echo on a terminal. Writes a new version holding only FIELD; the "
+        "secrets-writer identity cannot read it back, and nothing prints it.",
+    )
+    put.add_argument("--tenant", required=True)
+    put.add_argument("--agent", required=True)
+    put.add_argument("--name", required=True, help="a secret listed in the role's `secrets:`")
+    put.add_argument("--field", default="value", help="the KV field (default: value)")
+    put.add_argument("--data-dir", type=Path, default=Path(".clawql"), help="local stack data dir")
+    put.set_defaults(func=_agent_secret_put)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -84,4 +104,26 @@ def _apply(args: argparse.Namespace) -> int:
     print(f"applied {len(result.applied)} change(s)" if result.changed else "no changes")
     if drift:
         print("policies still to be proposed and approved: " + ", ".join(drift))
+    return 0
+
+
+def _agent_secret_put(args: argparse.Namespace) -> int:
+    from clawql_secrets.cluster import stack
+    from clawql_secrets.provision import agent_secrets
+
+    # Names first: a bad one is refused before anything is read or contacted.
+    ref = agent_secrets.AgentSecretRef(args.tenant, args.agent, args.name, args.field)
+    settings = stack.load_settings(args.data_dir.resolve())
+    if not settings.settings_file.exists():
+        raise ConfigError(
+            f"no local stack in {settings.data_dir}",
+            fix="run `clawql-secrets up` first, or pass --data-dir",
+        )
+    value = agent_secrets.read_value(
+        sys.stdin.buffer,
+        interactive=sys.stdin.isatty(),
+        prompt=f"value of {ref.describe()} (not echoed): ",
+    )
+    version = agent_secrets.put_on_stack(settings, ref, value)
+    print(f"stored {ref.describe()} as version {version} of {ref.path} (value not shown)")
     return 0
