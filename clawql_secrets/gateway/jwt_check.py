@@ -123,7 +123,7 @@ def verify(token: str, keys: KeySet, policy: JWTPolicy, *, now: float) -> dict[s
     if len(token.encode("utf-8", "replace")) > policy.limits.max_bytes:
         raise TokenMalformed("token_too_large", f"the JWT exceeds {policy.limits.max_bytes} bytes")
     parts = token.split(".")
-    if len(parts) != 3 or not all(p and _SEGMENT_RE.match(p) for p in parts):
+    if len(parts) != 3 or not all(p and _SEGMENT_RE.fullmatch(p) for p in parts):
         raise TokenMalformed("token_malformed", "the bearer is not a compact JWS (a.b.c)")
     # 2. header
     header = _b64json(parts[0], "header")
@@ -207,14 +207,14 @@ def verify_session(token: str, keys: KeySet, policy: JWTPolicy, *, now: float) -
         ("agent_role", role, NAME_RE),
         ("sid", sid, SID_RE),
     ):
-        if not isinstance(value, str) or not pattern.match(value):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
             raise TokenRejected("token_bad_claim", f"the JWT claim {name!r} is malformed")
     if not isinstance(jti, str) or not jti:
         raise TokenRejected("token_bad_claim", "the JWT claim 'jti' is malformed")
     if not isinstance(sub, str) or not isinstance(tenant, str):
         raise TokenRejected("token_bad_claim", "the JWT claim 'sub' is malformed")
     prefix, _, agent = sub.partition("/")
-    if prefix != tenant or not NAME_RE.match(agent):
+    if prefix != tenant or not NAME_RE.fullmatch(agent):
         raise TokenRejected(
             "token_bad_claim", "the JWT subject must be '<tenant>/<agent>' of its own tenant"
         )

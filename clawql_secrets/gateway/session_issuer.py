@@ -33,7 +33,7 @@ def load_issuer(data_dir: Path) -> LocalIssuer:
 
 def parse_ttl(text: str) -> int:
     """``90``, ``90s``, ``15m``, ``1h`` → seconds, within (0, MAX_SESSION_TTL]."""
-    m = _TTL_RE.match(text.strip())
+    m = _TTL_RE.fullmatch(text.strip())
     if not m:
         raise InputError(f"invalid TTL {text!r}", fix="use seconds or a unit: 90s, 15m, 1h")
     seconds = int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
@@ -48,7 +48,7 @@ def parse_ttl(text: str) -> int:
 def issue(issuer: LocalIssuer, *, tenant: str, agent: str, role: str, ttl: int) -> str:
     """A signed session JWT with a fresh ``sid``; ``sub`` is ``tenant/agent``."""
     for what, value in (("tenant", tenant), ("agent", agent), ("role", role)):
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):
             raise InputError(
                 f"invalid {what} {value!r}",
                 fix="lower-case letters, digits and '-', at most 63, starting alphanumeric",

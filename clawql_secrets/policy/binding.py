@@ -60,7 +60,7 @@ def _roles(client: OpenBaoClient, token: str, mount: str) -> list[str]:
 
 def wanted_policies(client: OpenBaoClient, token: str, role: str) -> tuple[str, ...]:
     """What the role's logins must carry: its own approved policy, or nothing."""
-    if not ROLE_RE.match(role):
+    if not ROLE_RE.fullmatch(role):
         return ()
     name = POLICY_PREFIX + role
     return (name,) if _policy_exists(client, token, name) else ()

@@ -169,6 +169,22 @@ ATTACKS: dict[str, tuple[Callable[[LocalIssuer], str], type[Exception], str]] = 
         TokenRejected,
         "token_bad_claim",
     ),
+    # ``$`` in a pattern matches before a final newline: claims are checked whole.
+    "tenant_trailing_newline": (
+        lambda i: _sign(i, _claims(i, tenant="acme\n", sub="acme\n/bot")),
+        TokenRejected,
+        "token_bad_claim",
+    ),
+    "agent_trailing_newline": (
+        lambda i: _sign(i, _claims(i, sub="acme/bot\n")),
+        TokenRejected,
+        "token_bad_claim",
+    ),
+    "role_trailing_newline": (
+        lambda i: _sign(i, _claims(i, agent_role="analyst\n")),
+        TokenRejected,
+        "token_bad_claim",
+    ),
     "tenant_path_traversal": (
         lambda i: _sign(i, _claims(i, tenant="../globex", sub="../globex/bot")),
         TokenRejected,

@@ -131,7 +131,7 @@ class AWSTool:
     def __init__(self, settings: AWSSettings) -> None:
         self.settings = settings
         for role, pol in settings.roles.items():
-            bad = [op for op in pol.operations if not _OP_RE.match(op)]
+            bad = [op for op in pol.operations if not _OP_RE.fullmatch(op)]
             if bad:
                 raise ConfigError(
                     f"tools.{NAME}.roles.{role}: operations must be 'service:snake_case_name', "

@@ -150,7 +150,7 @@ class HTTPRequestTool:
                         f"tools.{NAME}.roles.{role}: destination {pat!r} is not https://host[:port]"
                     ) from None
             for h in pol.inject_headers:
-                if not _HEADER_RE.match(h) or h.lower() in _RESERVED:
+                if not _HEADER_RE.fullmatch(h) or h.lower() in _RESERVED:
                     raise ConfigError(f"tools.{NAME}.roles.{role}: bad inject header {h!r}")
 
     # -- the call --------------------------------------------------------------
@@ -174,7 +174,7 @@ class HTTPRequestTool:
             )
         headers: dict[str, str] = {}
         for k, v in args.headers.items():
-            if not _HEADER_RE.match(k) or k.lower() in _RESERVED or "\n" in v or "\r" in v:
+            if not _HEADER_RE.fullmatch(k) or k.lower() in _RESERVED or "\n" in v or "\r" in v:
                 raise RequestRejected("bad_header", f"header {k[:64]!r} may not be set")
             headers[k] = v
         if args.client_cert and not policy.client_cert:
@@ -201,7 +201,7 @@ class HTTPRequestTool:
         policy: HTTPRolePolicy,
         headers: dict[str, str],
     ) -> list[str]:
-        if not _SECRET_NAME_RE.match(inj.secret) or ".." in inj.secret:
+        if not _SECRET_NAME_RE.fullmatch(inj.secret) or ".." in inj.secret:
             raise RequestRejected("bad_secret_name", "secret names are [A-Za-z0-9_.-], no '/'")
         allowed = {h.lower() for h in policy.inject_headers}
         if inj.header.lower() not in allowed:
