@@ -37,6 +37,14 @@ class IssuedCert:
     ca_path: Path
 
 
+def _private_dir(directory: Path) -> None:
+    """``directory`` and any parent it creates, 0700 (``mkdir(parents=True)`` would
+    give new parents the umask's mode)."""
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(mode=0o700, exist_ok=True)
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, readable by the owner only."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -71,7 +79,7 @@ class LocalCA:
 
     @classmethod
     def load_or_create(cls, directory: Path, common_name: str) -> LocalCA:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dir(directory)
         cert_path, key_path = directory / "ca.pem", directory / "ca.key"
         if cert_path.exists() and key_path.exists():
             try:
@@ -137,7 +145,7 @@ class LocalCA:
         An existing pair signed by this CA is kept as is, so a restart does not
         churn certificates that running peers have pinned.
         """
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dir(directory)
         cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
         if cert_path.exists() and key_path.exists() and self._signed_by_me(cert_path):
             return IssuedCert(cert_path, key_path, self.cert_path)
