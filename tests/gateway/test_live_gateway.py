@@ -55,6 +55,7 @@ class Env:
     canaries: live.Canaries
     logs: live.LogCapture
     dir: Path
+    prefix: str  # the registry's Redis keys
 
     def jwt(self, tenant: str = "acme", agent: str = "bot", ttl: int = 600) -> str:
         return session_issuer.issue(self.sessions, tenant=tenant, agent=agent, role=ROLE, ttl=ttl)
@@ -144,7 +145,7 @@ def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> 
             stop.append(b)
             agent = live.Agent()
             stop.append(agent)
-            yield Env(s, fx, sessions, workload, a, b, agent, canaries, logs, d)
+            yield Env(s, fx, sessions, workload, a, b, agent, canaries, logs, d, prefix)
         finally:
             for thing in reversed(stop):
                 with contextlib.suppress(Exception):
@@ -448,14 +449,39 @@ def test_zz_canaries_never_leak(env: Env) -> None:
         "gateway A log": "\n".join(env.logs.lines),
         "gateway B log": env.b.log_path.read_text(errors="replace"),
         "OpenBao audit logs": _audit_text(env),
+        "the Redis registry": _redis_text(env.prefix),
     }
     assert "database/creds/" in haystacks["OpenBao audit logs"]
+    assert "database/creds/" in haystacks["the Redis registry"]  # lease ids are there
     assert len(env.canaries.db_users) >= 5
     assert len(env.canaries.values) >= 10
     for where, text in haystacks.items():
         hits = [c[:4] + "…" for c in env.canaries.values if c in text]
         assert not hits, f"{len(hits)} credentials found in {where}"
     assert "clawql_gateway_tool_calls_total" in haystacks["responses"]
+
+
+def _redis_text(prefix: str) -> str:
+    """Every key and value of the registry, whatever its type."""
+    r = redis.Redis(host="127.0.0.1", port=6379, decode_responses=True)
+    out: list[str] = []
+    try:
+        for key in r.scan_iter(f"{prefix}:*"):
+            kind = r.type(key)
+            if kind == "hash":
+                value: object = r.hgetall(key)
+            elif kind == "set":
+                value = r.smembers(key)
+            elif kind == "zset":
+                value = r.zrange(key, 0, -1, withscores=True)
+            elif kind == "list":
+                value = r.lrange(key, 0, -1)
+            else:
+                value = r.get(key)
+            out.append(f"{key} {value}")
+    finally:
+        r.close()
+    return "\n".join(out)
 
 
 def _claims(jwt: str) -> dict[str, Any]:
