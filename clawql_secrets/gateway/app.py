@@ -171,7 +171,10 @@ class GatewayApp(Starlette):
 
 
 def build_app(gw: Gateway, *, sweeper: bool = True) -> Starlette:
+    from clawql_secrets.gateway.mcp import MCPEndpoint  # it imports this module's error mapping
+
     cfg = gw.config
+    mcp = MCPEndpoint(gw)
 
     async def call_tool(request: Request) -> Response:
         bearer = _bearer(request)
@@ -247,7 +250,7 @@ def build_app(gw: Gateway, *, sweeper: bool = True) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as tg:
+        async with mcp.running(), anyio.create_task_group() as tg:
             if sweeper:
                 tg.start_soon(_sweep_loop, gw)
             try:
@@ -265,6 +268,7 @@ def build_app(gw: Gateway, *, sweeper: bool = True) -> Starlette:
         Route("/readyz", _guard(readyz), methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", schema, methods=["GET"]),
+        Route("/mcp", mcp),
     ]
     return GatewayApp(
         gw,

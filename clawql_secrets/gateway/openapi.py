@@ -82,12 +82,17 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
+def args_schema(tool: Tool) -> dict[str, Any]:
+    """The JSON Schema of a tool's arguments (the OpenAPI body, the MCP ``inputSchema``)."""
+    return tool.args_model.model_json_schema()
+
+
 def schema(tools: Mapping[str, Tool]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     components: dict[str, Any] = {"Error": _ERROR}
     for name, tool in sorted(tools.items()):
         ref = "Args_" + name.replace(".", "_")
-        components[ref] = tool.args_model.model_json_schema()
+        components[ref] = args_schema(tool)
         paths[f"/v1/tools/{name}"] = {
             "post": {
                 "summary": f"call {name} with the session's credentials",
