@@ -16,7 +16,15 @@ Three layers, each skipping what an earlier one already claimed:
 3. Unlabelled long random tokens. Base64 is peeled first: text inside is
    scanned in turn (so base64 of innocuous text is not flagged, base64 of a
    token is), DER inside is parsed (certificates and public keys pass,
-   private keys do not). Hex, UUIDs, digests and HMACs are public.
+   private keys do not). Hex, UUIDs, digests and HMACs are public, and so
+   are identifiers told by their context: the value of a name that
+   identifies (``sid=``, ``lease_id=``, ``request_id``, ``*_accessor``, the
+   name nearest the value counting, so ``lease: lease_id=...`` in a log line
+   is a lease id), an OpenBao lease id (``<mount>/creds/<role>/<24
+   alphanumerics>``) and a KV v2 API path (``secret/data/<name>/<sid>/...``)
+   whose segments are names. Only tokens no earlier rule claimed are
+   excused: a service token, password, private key or JWT in the same place
+   is still reported.
 
 Public PEM blocks (certificates, public keys, age/PGP armour) are blanked
 before any layer runs: their base64 lines are random but not secret.
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import string
 from dataclasses import dataclass
 from typing import Final
 
@@ -114,6 +123,8 @@ PUBLIC_NAMES: Final = frozenset(
         "id",
         "request_id",
         "accessor",
+        "sid",
+        "jti",
         "ca.crt",
         "tls.crt",
     }
@@ -208,14 +219,65 @@ _PUBLIC_NAME_END: Final = re.compile(
     r"|public|pubkey"
 )
 _SECRET_WORD: Final = re.compile(r"secret|token|passw|credential|private|api_?key")
+_ACCESSOR: Final = re.compile(r"(?:^|[_.-])accessor$")
+"""An OpenBao accessor names a token (lookup, revoke) and cannot authenticate."""
 
 
 def public_name(key: str) -> bool:
     """True for a name whose value is random but public (``client_id``, JWK ``x``, digests)."""
     k = key.lower()
+    if _ACCESSOR.search(k) is not None:
+        return True  # ``client_token_accessor``: the token's public handle
     if _SECRET_WORD.search(k):
         return False
     return k in PUBLIC_NAMES or _PUBLIC_NAME_END.search(k) is not None
+
+
+# OpenBao request paths whose random segments are identifiers. A token can start
+# after a port (``https://127.0.0.1:8200/v1/...``) but never after a dotted host
+# name, hence the optional port and API version. Mount, role and KV names are
+# lower case here (what this project writes); anything else is still judged.
+_API_PREFIX = r"(?:[0-9]{1,5}/)?(?:v1/)?"
+_NAME = r"[a-z][a-z0-9_-]{0,63}"
+LEASE_ID: Final = re.compile(
+    # <request path>/<24 base62>[.<namespace id>]: the random part of every lease id.
+    _API_PREFIX + rf"(?:{_NAME}/)+(?:creds|sts|issue|sign)/[a-z0-9][a-z0-9_-]{{0,127}}/"
+    r"[A-Za-z0-9]{24}(?:\.[A-Za-z0-9]{1,16})?"
+)
+"""An OpenBao lease id, ``database/creds/acme-analyst-pg_main/<24 alphanumerics>``."""
+KV_PATH: Final = re.compile(
+    _API_PREFIX + rf"(?:{_NAME}/)+(?:data|metadata|delete|undelete|destroy|subkeys)"
+    r"(?:/[A-Za-z0-9_-]{1,64})+"
+)
+"""A KV v2 API path: its segments name a secret (``secret/data/clawql-anomalies/<sid>/...``)."""
+_IDENTIFIER_MAX = 512
+_KEY_BEFORE: Final = re.compile(
+    r"(?<![A-Za-z0-9_.-])(?P<key>[A-Za-z_][A-Za-z0-9_.-]{0,63})[\"']?[ \t]*(?::=|=>|[:=])"
+    r"[ \t]*[\"']?\Z"
+)
+_RUN_CHARS: Final = frozenset(string.ascii_letters + string.digits + "+/_-")
+
+
+def identifier_path(value: str) -> bool:
+    """An OpenBao lease id or KV v2 API path: random segments that name, not authenticate."""
+    return len(value) <= _IDENTIFIER_MAX and (
+        LEASE_ID.fullmatch(value) is not None or KV_PATH.fullmatch(value) is not None
+    )
+
+
+def _key_before(text: str, start: int) -> str | None:
+    """The name right before the value at ``start`` (``lease_id`` in ``lease: lease_id=v``)."""
+    line_start = text.rfind("\n", 0, start) + 1
+    m = _KEY_BEFORE.search(text, max(line_start, start - 96), start)
+    return m.group("key") if m is not None else None
+
+
+def _identifier(text: str, start: int, token: str) -> bool:
+    """A random token that is an identifier by its context (module docstring)."""
+    if identifier_path(token):
+        return True
+    key = _key_before(text, start)
+    return key is not None and public_name(key)
 
 
 def secret_name(key: str) -> bool:
@@ -384,6 +446,7 @@ class Detector:
                 len(token) >= cfg.token_min_len
                 and entropy.classes(token) == 3
                 and entropy.shannon(token) >= cfg.token_min_entropy
+                and not _identifier(text, start, token)
             ):
                 spans.append(
                     _Span(
@@ -405,6 +468,7 @@ def _not_random(value: str) -> bool:
         or entropy.is_path_like(value)
         or entropy.is_slug(value)
         or value.startswith(recognizers.HMAC_PREFIX)
+        or identifier_path(value)
     )
 
 
@@ -421,9 +485,22 @@ def _dismissed(
             return True
         if _public_before(text, start):
             return True
+        # 40 of [A-Za-z0-9/+] inside a lease id or KV path (``db/creds/reader/<24>``).
+        if identifier_path(_enclosing_run(text, start, start + len(value))):
+            return True
         data = entropy.b64decode(value)
         return data is not None and entropy.as_text(data) is not None
     return False
+
+
+def _enclosing_run(text: str, start: int, end: int) -> str:
+    """The run of token and path characters around ``text[start:end]`` (bounded)."""
+    i, j = start, end
+    while i > 0 and end - i < _IDENTIFIER_MAX and text[i - 1] in _RUN_CHARS:
+        i -= 1
+    while j < len(text) and j - i < _IDENTIFIER_MAX and text[j] in _RUN_CHARS:
+        j += 1
+    return text[i:j]
 
 
 def _public_before(text: str, start: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import json
@@ -19,6 +20,7 @@ import pytest
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 from clawql_secrets.demo.run import run
 from clawql_secrets.provision.localstack import EXAMPLE, provision_example
+from clawql_secrets.scan import commands as scan_commands
 
 pytestmark = pytest.mark.cluster
 ADMIN = f"clawql_admin_d{secrets.token_hex(3)}"
@@ -61,7 +63,9 @@ def _files(*roots: Path) -> Iterator[Path]:
             yield from (p for p in root.rglob("*") if p.is_file())
 
 
-def test_demo_promise_holds_at_every_step(provisioned: StackSettings) -> None:
+def test_demo_promise_holds_at_every_step(
+    provisioned: StackSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
     log: list[dict[str, Any]] = []
     canary = _canary()
     steps = run(provisioned, lambda name, verdict, shown: log.append(
@@ -106,3 +110,13 @@ def test_demo_promise_holds_at_every_step(provisioned: StackSettings) -> None:
     for path in searched:
         data = path.read_bytes()
         assert not any(n in data for n in needles), f"the injected token is in {path}"
+    # A newcomer's next step: `scan` of the data dir after all that traffic finds only
+    # the protected bootstrap trust (session ids and lease ids in logs are identifiers).
+    capsys.readouterr()
+    parser = argparse.ArgumentParser(prog="clawql-secrets")
+    scan_commands.register(parser.add_subparsers())
+    args = parser.parse_args(["scan", str(s.data_dir), "--json"])
+    code = args.func(args)
+    doc = json.loads(capsys.readouterr().out)
+    assert [f for f in doc["findings"] if f["category"] != "bootstrap"] == []
+    assert code == 0

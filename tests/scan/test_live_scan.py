@@ -18,7 +18,7 @@ from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.issuer import LocalIssuer
 from clawql_secrets.scan import bootstrap as trust
 from tests.scan.conftest import RunScan, leaks
-from tests.scan.corpus import rand
+from tests.scan.corpus import ALNUM, rand
 
 pytestmark = pytest.mark.cluster
 
@@ -128,3 +128,32 @@ def test_openbao_reports_static_kv_secrets_off_the_allow_list(
     for o in (out, text, out3):
         assert not leaks(static_value, o) and not leaks(injected_value, o)
         assert not leaks(token, o)
+
+
+def test_data_dir_stays_clean_after_a_session_record_under_its_sid(
+    live_stack: StackSettings, run_scan: RunScan
+) -> None:
+    """The gateway's anomaly record puts a session id in KV paths: the audit log stays clean.
+
+    The identity, path and body are the gateway's (``core.py``); the sid is at the
+    long end of what the gateway accepts, so the entropy rule would judge it alone.
+    The Merkle store's copy is published every minute (too slow to wait for here);
+    its line shape is in ``test_identifiers``.
+    """
+    issuer = LocalIssuer.load(live_stack.issuer_dir, stack.ISSUER_URL)
+    sid = rand(43, ALNUM + "-_")
+    with stack.client_for(live_stack, retry_for=30) as client:
+        token = bootstrap.login(client, issuer, bootstrap.GATEWAY)
+        client.request(
+            "POST",
+            f"secret/data/clawql-anomalies/{sid}/denied_burst",
+            body={"data": {"sid": sid, "tenant": "acme", "rule": "denied_burst", "at": 1}},
+            token=token,
+        )
+    audit_logs = list(live_stack.data_dir.glob("nodes/*/audit/audit.log"))
+    assert any(sid in p.read_text() for p in audit_logs)
+    code, out = run_scan(str(live_stack.data_dir), "--json")
+    doc = json.loads(out)
+    assert [f for f in doc["findings"] if f["category"] != "bootstrap"] == []
+    assert code == 0
+    assert not leaks(token, out)
