@@ -111,6 +111,7 @@ def exported_names() -> set[str]:
     gw.leases.inc()
     gw.leases_revoked.inc()
     gw.anomalies.labels("call_rate").inc()
+    gw.revoke_failures.labels("openbao").inc()
     gw.lease_bounds.labels("ok").inc()
     gw.active.set(1)
 

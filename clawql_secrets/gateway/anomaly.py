@@ -1,8 +1,11 @@
 """Built-in anomaly rules: a hit revokes the session (``core`` acts on it).
 
-Pure: no I/O, the clock is injected, state is per session in this object (so
-per replica — a replica sees the calls it serves; see ADR 0005). Three rules,
-each configurable (``AnomalySettings`` in the gateway config):
+Pure: no I/O and no state. The counts the rate rules judge are kept in the
+shared session registry (``registry.Registry.open`` counts a session's calls,
+``count_denied`` its denied calls, each in a sliding window on the registry's
+clock), so every replica judges a session by the calls of all replicas: an
+agent spreading its calls over N replicas does not get N times the bound.
+Three rules, each configurable (``AnomalySettings`` in the gateway config):
 
 - ``denied_burst``: more than ``denied_max`` denied calls (OpenBao or the
   database refused) within ``denied_window`` seconds;
@@ -22,11 +25,8 @@ A ``Hit`` names the rule and what was seen in terms that carry no secret
 from __future__ import annotations
 
 import re
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,32 +78,23 @@ def foreign_schemas(sql: str, tenant: str, prefix: str) -> list[str]:
     return found
 
 
-@dataclass
-class _State:
-    calls: deque[float] = field(default_factory=deque)
-    denied: deque[float] = field(default_factory=deque)
-
-
-def _over(q: deque[float], now: float, window: float, limit: int) -> bool:
-    q.append(now)
-    while q and q[0] <= now - window:
-        q.popleft()
-    return len(q) > limit
-
-
 class Detector:
-    """Per-session counters and the rules; thread-safe; ``forget`` when a session ends."""
+    """The rules; the counts come from the shared registry (see the module docstring)."""
 
-    def __init__(
-        self, settings: AnomalySettings, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, settings: AnomalySettings) -> None:
         self.settings = settings
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._s: dict[str, _State] = {}
 
-    def on_call(self, sid: str, tenant: str, tool: str, args: Mapping[str, Any]) -> Hit | None:
-        """Record one call of ``tool`` (arguments already validated); a hit or None."""
+    @property
+    def rate_window(self) -> float:
+        """The window the registry counts calls in; 0 when the rules are off."""
+        return self.settings.rate_window if self.settings.enabled else 0.0
+
+    @property
+    def denied_window(self) -> float:
+        return self.settings.denied_window if self.settings.enabled else 0.0
+
+    def scope(self, tenant: str, tool: str, args: Mapping[str, Any]) -> Hit | None:
+        """``out_of_scope``: a scanned argument of ``tool`` names another tenant's schema."""
         s = self.settings
         if not s.enabled:
             return None
@@ -113,44 +104,20 @@ class Detector:
                 foreign = foreign_schemas(value, tenant, s.schema_prefix)
                 if foreign:
                     return Hit(OUT_OF_SCOPE, f"{tool} argument {fname} names schema {foreign[0]}")
-        with self._lock:
-            st = self._s.setdefault(sid, _State())
-            if _over(st.calls, self._clock(), s.rate_window, s.rate_max):
-                return Hit(CALL_RATE, f"more than {s.rate_max} calls in {s.rate_window:g}s")
         return None
 
-    def on_denied(self, sid: str) -> Hit | None:
-        """Record one denied call of ``sid``; a hit or None."""
+    def rate(self, calls: int) -> Hit | None:
+        """``call_rate``: ``calls`` (this one included) within the window exceed the bound."""
         s = self.settings
-        if not s.enabled:
-            return None
-        with self._lock:
-            st = self._s.setdefault(sid, _State())
-            if _over(st.denied, self._clock(), s.denied_window, s.denied_max):
-                return Hit(
-                    DENIED_BURST, f"more than {s.denied_max} denied calls in {s.denied_window:g}s"
-                )
+        if s.enabled and calls > s.rate_max:
+            return Hit(CALL_RATE, f"more than {s.rate_max} calls in {s.rate_window:g}s")
         return None
 
-    def forget(self, sid: str) -> None:
-        with self._lock:
-            self._s.pop(sid, None)
-
-    def prune(self) -> None:
-        """Drop sessions with no call or denial inside their windows (bounded memory)."""
+    def denied(self, count: int) -> Hit | None:
+        """``denied_burst``: ``count`` denied calls (this one included) exceed the bound."""
         s = self.settings
-        now = self._clock()
-        horizon = max(s.rate_window, s.denied_window)
-        with self._lock:
-            stale = [
-                sid
-                for sid, st in self._s.items()
-                if max(st.calls[-1] if st.calls else -1e18, st.denied[-1] if st.denied else -1e18)
-                <= now - horizon
-            ]
-            for sid in stale:
-                del self._s[sid]
-
-    def tracked(self) -> int:
-        with self._lock:
-            return len(self._s)
+        if s.enabled and count > s.denied_max:
+            return Hit(
+                DENIED_BURST, f"more than {s.denied_max} denied calls in {s.denied_window:g}s"
+            )
+        return None

@@ -58,7 +58,7 @@ from clawql_secrets.gateway.errors import (
 )
 from clawql_secrets.gateway.jwt_check import JWTLimits, JWTPolicy, KeySet, SessionClaims
 from clawql_secrets.gateway.metrics import Metrics
-from clawql_secrets.gateway.registry import ACTIVE, Registry
+from clawql_secrets.gateway.registry import ACTIVE, Registry, Window
 from clawql_secrets.gateway.tools import Resource, Tool
 from clawql_secrets.issuer import LocalIssuer
 
@@ -283,6 +283,10 @@ class Gateway:
         self._local: dict[str, _LocalSession] = {}
         self._local_lock = threading.Lock()
         self.anomaly = Detector(config.anomaly)
+        a = config.anomaly
+        # The registry keeps one entry past each bound: enough to see it exceeded.
+        self._calls_window = Window(self.anomaly.rate_window, a.rate_max + 1)
+        self._denied_window = Window(self.anomaly.denied_window, a.denied_max + 1)
         self.metrics.active.set_function(self._count_active)
 
     def _count_active(self) -> float:
@@ -396,10 +400,13 @@ class Gateway:
                 raise RequestRejected(
                     "invalid_arguments", f"invalid arguments at {where}: {first['msg']}", status=422
                 ) from None
-            if self.registry.open(claims) != ACTIVE:
+            opened = self.registry.open(claims, self._calls_window)
+            if opened.state != ACTIVE:
                 self._drop_local(claims.sid)
                 raise TokenRejected("session_ended", "this session has ended")
-            hit = self.anomaly.on_call(claims.sid, claims.tenant, tool_name, dict(parsed))
+            hit = self.anomaly.scope(claims.tenant, tool_name, dict(parsed)) or self.anomaly.rate(
+                opened.calls
+            )
             if hit is not None:
                 self._on_anomaly(claims, tool_name, hit)
             token = self._login(bearer, claims)
@@ -413,7 +420,7 @@ class Gateway:
         except AccessDenied as exc:
             outcome = "denied"
             if claims is not None and exc.code != "anomaly_revoked":
-                hit = self.anomaly.on_denied(claims.sid)
+                hit = self._denied_hit(claims.sid)
                 if hit is not None:
                     self._on_anomaly(claims, tool_name, hit)
             raise
@@ -428,6 +435,15 @@ class Gateway:
             self.metrics.calls.labels(label, outcome).inc()
             self.metrics.latency.labels(label).observe(elapsed)
             log.info("tool call tool=%s outcome=%s ms=%.1f", label, outcome, elapsed * 1000)
+
+    def _denied_hit(self, sid: str) -> Hit | None:
+        """Count one denied call in the shared registry; a registry failure is logged, and
+        the call's own denial stands (the registry's outage must not mask it)."""
+        try:
+            return self.anomaly.denied(self.registry.count_denied(sid, self._denied_window))
+        except BackendUnavailable as exc:
+            log.warning("denied-call count failed sid=%s (%s)", sid, exc.code)
+            return None
 
     def _on_anomaly(self, claims: SessionClaims, tool_name: str, hit: Hit) -> None:
         """Revoke the session now, then record why; always raises ``anomaly_revoked``."""
@@ -444,7 +460,6 @@ class Gateway:
         try:
             self.end_session(claims.sid, exp=claims.exp, reason="anomaly")
         finally:
-            self.anomaly.forget(claims.sid)
             self._record_anomaly(claims, tool_name, hit)
         raise AccessDenied(
             "anomaly_revoked", f"this session was revoked by the anomaly rule {hit.rule}"
@@ -559,7 +574,6 @@ class Gateway:
         started = time.perf_counter()
         result = self.registry.end(sid, exp, reason)
         self._drop_local(sid)
-        self.anomaly.forget(sid)
         revoked = self.revoke_leases(sid, list(result.leases)) if result.leases else 0
         if result.transitioned:
             self.metrics.session_ends.labels(reason).inc()
@@ -576,13 +590,18 @@ class Gateway:
         """Revoke with the gateway's own identity; its token dies right after."""
         if not lease_ids:
             return 0
-        token = self._gateway_login()
+        try:
+            token = self._gateway_login()
+        except ClawQLError:
+            self.metrics.revoke_failures.labels("identity").inc(len(lease_ids))
+            raise
         done = 0
         try:
             for lease in lease_ids:
                 try:
                     self.bao.write("sys/leases/revoke", {"lease_id": lease}, token=token.reveal())
                 except OpenBaoError as exc:
+                    self.metrics.revoke_failures.labels("openbao").inc()
                     log.warning("lease revoke failed sid=%s status=%s", sid, exc.status)
                     continue
                 self.registry.lease_revoked(sid, lease)
@@ -635,14 +654,18 @@ class Gateway:
             self.end_session(sid, exp=rec.exp if rec else int(now), reason="expired")
             n += 1
         for sid in self.registry.pending():
-            self.revoke_leases(sid, self.registry.leases(sid))
+            leases = self.registry.leases(sid)
+            if leases:
+                self.revoke_leases(sid, leases)
+            else:  # its lease set expired with the record: nothing left to revoke
+                self.registry.clear_pending(sid)
+        self.metrics.pending_revocation.set(self.registry.count_pending())
         with self._local_lock:
             local_sids = list(self._local)
         for sid in local_sids:
             rec = self.registry.get(sid)
             if rec is None or rec.state != ACTIVE:
                 self._drop_local(sid)
-        self.anomaly.prune()
         return n
 
     def close(self) -> None:

@@ -44,6 +44,17 @@ class Metrics:
         self.leases_revoked = Counter(
             "clawql_gateway_leases_revoked", "Credential leases revoked", registry=r
         )
+        self.revoke_failures = Counter(
+            "clawql_gateway_lease_revoke_failures",
+            "Lease revocations that failed (the sweeper retries them), by cause",
+            ["cause"],
+            registry=r,
+        )
+        self.pending_revocation = Gauge(
+            "clawql_gateway_sessions_pending_revocation",
+            "Ended sessions with leases not yet confirmed revoked (shared registry)",
+            registry=r,
+        )
         self.anomalies = Counter(
             "clawql_gateway_anomalies",
             "Anomaly rule hits (each revokes a session)",

@@ -9,12 +9,23 @@ Ordering that makes ending race-free: ``end`` flips the state first and then
 reads the leases; ``add_lease`` adds only while the state is ``active``, in
 one atomic step. A lease created concurrently with an end is therefore either
 seen by ``end`` or refused by ``add_lease`` (and its creator revokes it).
+
+It also keeps the counts the anomaly rules judge, shared by every replica:
+``open`` counts the session's calls in a sliding window in the same atomic
+step that checks its state, ``count_denied`` its denied calls. Each count is
+a sorted set of the call times on the Redis server's clock (one clock for all
+replicas), trimmed to the window and to at most ``cap`` entries, expiring
+with the window.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
+import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +53,30 @@ class SessionRecord:
 
 
 @dataclass(frozen=True)
+class Opened:
+    """The session's state and, when counted, its calls in the window (this one included)."""
+
+    state: str
+    calls: int = 0
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding window to count in: ``seconds`` long (0: do not count), at most ``cap``
+    entries kept (enough to see a bound exceeded; memory stays bounded)."""
+
+    seconds: float = 0.0
+    cap: int = 1
+
+    @property
+    def ms(self) -> int:
+        return max(0, int(self.seconds * 1000))
+
+
+NO_COUNT = Window()
+
+
+@dataclass(frozen=True)
 class EndResult:
     """``transitioned`` is True for the one caller that ended the session."""
 
@@ -50,28 +85,59 @@ class EndResult:
 
 
 class Registry(Protocol):
-    def open(self, claims: SessionClaims) -> str: ...
+    def open(self, claims: SessionClaims, calls: Window = NO_COUNT) -> Opened: ...
+    def count_denied(self, sid: str, window: Window) -> int: ...
     def get(self, sid: str) -> SessionRecord | None: ...
     def add_lease(self, sid: str, lease_id: str) -> bool: ...
     def end(self, sid: str, exp: int, reason: str) -> EndResult: ...
     def lease_revoked(self, sid: str, lease_id: str) -> None: ...
     def expired(self, now: float, limit: int = 100) -> list[str]: ...
     def pending(self, limit: int = 100) -> list[str]: ...
+    def count_pending(self) -> int: ...
+    def clear_pending(self, sid: str) -> None: ...
     def leases(self, sid: str) -> list[str]: ...
     def count_active(self) -> int: ...
     def ping(self) -> bool: ...
 
 
 # -- Redis -----------------------------------------------------------------------
-_OPEN = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state then return state end
-redis.call('HSET', KEYS[1], 'state', 'active', 'tenant', ARGV[2], 'agent', ARGV[3],
-           'agent_role', ARGV[4], 'exp', ARGV[5], 'created', ARGV[6])
-redis.call('EXPIREAT', KEYS[1], ARGV[7])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-return 'active'
+# Count one event in a sliding window: KEYS[n] the sorted set, window ms, cap, a
+# unique member. Times come from the Redis server (one clock for every replica).
+_WINDOW_ADD = """
+local function window_add(key, window_ms, cap, member)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window_ms)
+  redis.call('ZADD', key, now, member)
+  redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
+  redis.call('PEXPIRE', key, window_ms)
+  return redis.call('ZCARD', key)
+end
 """
+_OPEN = (
+    _WINDOW_ADD
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  redis.call('HSET', KEYS[1], 'state', 'active', 'tenant', ARGV[2], 'agent', ARGV[3],
+             'agent_role', ARGV[4], 'exp', ARGV[5], 'created', ARGV[6])
+  redis.call('EXPIREAT', KEYS[1], ARGV[7])
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+  state = 'active'
+end
+local n = 0
+if state == 'active' and tonumber(ARGV[8]) > 0 then
+  n = window_add(KEYS[3], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10])
+end
+return {state, n}
+"""
+)
+_COUNT = (
+    _WINDOW_ADD
+    + """
+return window_add(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+"""
+)
 _ADD_LEASE = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
 redis.call('SADD', KEYS[2], ARGV[1])
@@ -107,6 +173,13 @@ class RedisRegistry:
         self._add = self._r.register_script(_ADD_LEASE)
         self._end = self._r.register_script(_END)
         self._revoked = self._r.register_script(_LEASE_REVOKED)
+        self._count = self._r.register_script(_COUNT)
+        # Members of the windows' sorted sets: unique per process and event.
+        self._member_prefix = f"{os.getpid()}.{os.urandom(4).hex()}."
+        self._seq = itertools.count()
+
+    def _member(self) -> str:
+        return f"{self._member_prefix}{next(self._seq)}"
 
     def _k(self, sid: str) -> tuple[str, str]:
         return f"{self._p}:s:{sid}", f"{self._p}:s:{sid}:leases"
@@ -127,21 +200,33 @@ class RedisRegistry:
                 "registry_unavailable", f"the session registry failed ({type(exc).__name__})"
             ) from exc
 
-    def open(self, claims: SessionClaims) -> str:
+    def open(self, claims: SessionClaims, calls: Window = NO_COUNT) -> Opened:
         h, _ = self._k(claims.sid)
-        return str(
+        state, n = self._call(
+            self._open,
+            keys=[h, self._active, f"{h}:calls"],
+            args=[
+                claims.sid,
+                claims.tenant,
+                claims.agent,
+                claims.agent_role,
+                claims.exp,
+                time.time(),
+                claims.exp + RETAIN_AFTER_EXP,
+                calls.ms,
+                calls.cap,
+                self._member(),
+            ],
+        )
+        return Opened(str(state), int(n))
+
+    def count_denied(self, sid: str, window: Window) -> int:
+        if window.ms <= 0:
+            return 0
+        h, _ = self._k(sid)
+        return int(
             self._call(
-                self._open,
-                keys=[h, self._active],
-                args=[
-                    claims.sid,
-                    claims.tenant,
-                    claims.agent,
-                    claims.agent_role,
-                    claims.exp,
-                    time.time(),
-                    claims.exp + RETAIN_AFTER_EXP,
-                ],
+                self._count, keys=[f"{h}:denied"], args=[window.ms, window.cap, self._member()]
             )
         )
 
@@ -186,6 +271,12 @@ class RedisRegistry:
     def pending(self, limit: int = 100) -> list[str]:
         return list(self._call(self._r.srandmember, self._revoking, limit))
 
+    def count_pending(self) -> int:
+        return int(self._call(self._r.scard, self._revoking))
+
+    def clear_pending(self, sid: str) -> None:
+        self._call(self._r.srem, self._revoking, sid)
+
     def leases(self, sid: str) -> list[str]:
         return sorted(self._call(self._r.smembers, self._k(sid)[1]))
 
@@ -210,30 +301,54 @@ class _Mem:
 
 
 class MemoryRegistry:
-    """Same semantics as Redis for one process (unit tests)."""
+    """Same semantics as Redis for one process (unit tests); ``clock`` times the windows."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._s: dict[str, _Mem] = {}
         self._revoking: set[str] = set()
+        self._clock = clock
+        self._windows: dict[tuple[str, str], collections.deque[float]] = {}
 
-    def open(self, claims: SessionClaims) -> str:
+    def _window_add(self, key: tuple[str, str], window: Window) -> int:
+        now = self._clock()
+        q = self._windows.setdefault(key, collections.deque())
+        while q and q[0] <= now - window.seconds:
+            q.popleft()
+        q.append(now)
+        while len(q) > window.cap:
+            q.popleft()
+        return len(q)
+
+    def open(self, claims: SessionClaims, calls: Window = NO_COUNT) -> Opened:
         with self._lock:
             m = self._s.get(claims.sid)
-            if m:
-                return str(m.rec["state"])
-            self._s[claims.sid] = _Mem(
-                {
-                    "state": ACTIVE,
-                    "tenant": claims.tenant,
-                    "agent": claims.agent,
-                    "agent_role": claims.agent_role,
-                    "exp": claims.exp,
-                    "created": time.time(),
-                    "ended_reason": "",
-                }
-            )
-            return ACTIVE
+            state = str(m.rec["state"]) if m else ACTIVE
+            if m is None:
+                self._new(claims)
+            n = 0
+            if state == ACTIVE and calls.ms > 0:
+                n = self._window_add((claims.sid, "calls"), calls)
+            return Opened(state, n)
+
+    def count_denied(self, sid: str, window: Window) -> int:
+        if window.ms <= 0:
+            return 0
+        with self._lock:
+            return self._window_add((sid, "denied"), window)
+
+    def _new(self, claims: SessionClaims) -> None:
+        self._s[claims.sid] = _Mem(
+            {
+                "state": ACTIVE,
+                "tenant": claims.tenant,
+                "agent": claims.agent,
+                "agent_role": claims.agent_role,
+                "exp": claims.exp,
+                "created": time.time(),
+                "ended_reason": "",
+            }
+        )
 
     def get(self, sid: str) -> SessionRecord | None:
         with self._lock:
@@ -268,6 +383,8 @@ class MemoryRegistry:
                     }
                 )
             m.rec["state"], m.rec["ended_reason"] = ENDED, reason
+            self._windows.pop((sid, "calls"), None)
+            self._windows.pop((sid, "denied"), None)
             if m.leases:
                 self._revoking.add(sid)
             return EndResult(True, tuple(sorted(m.leases)))
@@ -289,6 +406,14 @@ class MemoryRegistry:
     def pending(self, limit: int = 100) -> list[str]:
         with self._lock:
             return list(self._revoking)[:limit]
+
+    def count_pending(self) -> int:
+        with self._lock:
+            return len(self._revoking)
+
+    def clear_pending(self, sid: str) -> None:
+        with self._lock:
+            self._revoking.discard(sid)
 
     def leases(self, sid: str) -> list[str]:
         with self._lock:

@@ -1,4 +1,4 @@
-"""The anomaly rules, pure: a fake clock, no I/O."""
+"""The anomaly rules, pure, and the windows they judge (in-memory registry, fake clock)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from clawql_secrets.gateway.anomaly import (
     OUT_OF_SCOPE,
     AnomalySettings,
     Detector,
+    Hit,
     foreign_schemas,
 )
+from clawql_secrets.gateway.jwt_check import SessionClaims
+from clawql_secrets.gateway.registry import ENDED, MemoryRegistry, Opened, Window
 
 
 class Clock:
@@ -24,8 +27,14 @@ class Clock:
 
 
 def _det(**kw: object) -> tuple[Detector, Clock]:
-    clock = Clock()
-    return Detector(AnomalySettings.model_validate(kw), clock=clock), clock
+    return Detector(AnomalySettings.model_validate(kw)), Clock()
+
+
+def _claims(sid: str) -> SessionClaims:
+    return SessionClaims(
+        sid=sid, tenant="acme", agent="bot", agent_role="analyst", sub="acme/bot", exp=2**31,
+        iat=0, jti="j",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -68,66 +77,79 @@ def test_quoted_schema_is_case_sensitive_and_hyphenated_tenant_matches() -> None
 
 def test_out_of_scope_hit_names_schema_not_sql() -> None:
     det, _ = _det()
-    hit = det.on_call("s1", "acme", "sql.query", {"sql": "SELECT secret FROM t_globex.items"})
+    hit = det.scope("acme", "sql.query", {"sql": "SELECT secret FROM t_globex.items"})
     assert hit is not None and hit.rule == OUT_OF_SCOPE
     assert "t_globex" in hit.detail and "SELECT" not in hit.detail
 
 
 def test_scope_fields_are_per_tool_and_configurable() -> None:
     det, _ = _det()
-    assert det.on_call("s1", "acme", "http.request", {"sql": "t_globex.items"}) is None
+    assert det.scope("acme", "http.request", {"sql": "t_globex.items"}) is None
     det, _ = _det(scope_fields={"mariadb.query": ["query"]}, schema_prefix="tenant_")
-    assert det.on_call("s1", "acme", "sql.query", {"sql": "SELECT * FROM t_globex.x"}) is None
-    hit = det.on_call("s1", "acme", "mariadb.query", {"query": "SELECT * FROM tenant_b.x"})
+    assert det.scope("acme", "sql.query", {"sql": "SELECT * FROM t_globex.x"}) is None
+    hit = det.scope("acme", "mariadb.query", {"query": "SELECT * FROM tenant_b.x"})
     assert hit is not None and hit.rule == OUT_OF_SCOPE
-    assert det.on_call("s1", "acme", "mariadb.query", {"query": 42}) is None
+    assert det.scope("acme", "mariadb.query", {"query": 42}) is None
+
+
+def _calls(reg: MemoryRegistry, det: Detector, sid: str = "s1") -> Hit | None:
+    window = Window(det.rate_window, det.settings.rate_max + 1)
+    return det.rate(reg.open(_claims(sid), window).calls)
+
+
+def _denied(reg: MemoryRegistry, det: Detector, sid: str = "s1") -> Hit | None:
+    return det.denied(reg.count_denied(sid, Window(det.denied_window, det.settings.denied_max + 1)))
 
 
 def test_call_rate_over_bound_hits_within_window_only() -> None:
     det, clock = _det(rate_max=3, rate_window=10)
+    reg = MemoryRegistry(clock=clock)
     for _ in range(3):
-        assert det.on_call("s1", "acme", "sql.query", {"sql": "SELECT 1"}) is None
+        assert _calls(reg, det) is None
         clock.now += 1
-    hit = det.on_call("s1", "acme", "sql.query", {"sql": "SELECT 1"})
+    hit = _calls(reg, det)
     assert hit is not None and hit.rule == CALL_RATE
     # another session is counted separately
-    assert det.on_call("s2", "acme", "sql.query", {"sql": "SELECT 1"}) is None
+    assert _calls(reg, det, "s2") is None
     # spread out: never over the bound
     det, clock = _det(rate_max=3, rate_window=10)
+    reg = MemoryRegistry(clock=clock)
     for _ in range(20):
-        assert det.on_call("s1", "acme", "sql.query", {"sql": "SELECT 1"}) is None
+        assert _calls(reg, det) is None
         clock.now += 4
 
 
 def test_denied_burst() -> None:
     det, clock = _det(denied_max=2, denied_window=5)
-    assert det.on_denied("s1") is None
-    assert det.on_denied("s1") is None
+    reg = MemoryRegistry(clock=clock)
+    assert _denied(reg, det) is None
+    assert _denied(reg, det) is None
     clock.now += 6  # the first two fall out of the window
-    assert det.on_denied("s1") is None
-    assert det.on_denied("s1") is None
-    hit = det.on_denied("s1")
+    assert _denied(reg, det) is None
+    assert _denied(reg, det) is None
+    hit = _denied(reg, det)
     assert hit is not None and hit.rule == DENIED_BURST
 
 
-def test_forget_and_prune_bound_memory() -> None:
-    det, clock = _det(rate_window=10, denied_window=5)
-    det.on_call("s1", "acme", "sql.query", {"sql": "SELECT 1"})
-    det.on_denied("s2")
-    det.forget("s1")
-    assert det.tracked() == 1
-    det.on_call("s3", "acme", "sql.query", {"sql": "SELECT 1"})
-    clock.now += 11
-    det.on_call("s4", "acme", "sql.query", {"sql": "SELECT 1"})
-    det.prune()
-    assert det.tracked() == 1
+def test_counts_are_capped_and_dropped_when_the_session_ends() -> None:
+    _, clock = _det(rate_max=3, rate_window=100)
+    reg = MemoryRegistry(clock=clock)
+    counts = [reg.open(_claims("s1"), Window(100, 4)).calls for _ in range(50)]
+    assert counts[:4] == [1, 2, 3, 4] and set(counts[4:]) == {4}
+    reg.end("s1", exp=_claims("s1").exp, reason="ended")
+    # an ended session is not counted (its calls are refused before any rule)
+    assert reg.open(_claims("s1"), Window(100, 4)) == Opened(ENDED, 0)
 
 
 def test_disabled_never_hits() -> None:
-    det, _ = _det(enabled=False, rate_max=1, denied_max=1)
+    det, clock = _det(enabled=False, rate_max=1, denied_max=1)
+    reg = MemoryRegistry(clock=clock)
+    assert det.rate_window == 0 and det.denied_window == 0
     for _ in range(5):
-        assert det.on_call("s1", "acme", "sql.query", {"sql": "SELECT * FROM t_b.x"}) is None
-        assert det.on_denied("s1") is None
+        assert det.scope("acme", "sql.query", {"sql": "SELECT * FROM t_b.x"}) is None
+        assert _calls(reg, det) is None
+        assert _denied(reg, det) is None
+    assert reg.open(_claims("s1"), Window(det.rate_window, 2)).calls == 0  # nothing counted
 
 
 def test_settings_are_validated() -> None:

@@ -1,0 +1,145 @@
+"""A revocation that fails is counted, stays pending in the registry, and the sweeper
+finishes it once OpenBao answers again; nothing is lost and nothing is secret.
+
+OpenBao here is an in-memory fake with switchable failures (the live tests
+revoke against a real cluster); the registry is the in-memory one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clawql_secrets.cluster.client import OpenBaoClient
+from clawql_secrets.errors import BackendError
+from clawql_secrets.gateway import session_issuer
+from clawql_secrets.gateway.config import GatewayConfig
+from clawql_secrets.gateway.core import Gateway
+from clawql_secrets.gateway.jwt_check import SessionClaims
+from clawql_secrets.gateway.registry import MemoryRegistry
+
+
+@dataclass
+class FakeBao:
+    fail_login: bool = False
+    fail_revoke: bool = False
+    revoked: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/v1/auth/workload/login":
+            if self.fail_login:
+                return httpx.Response(500, json={"errors": ["internal error"]})
+            token = "s." + secrets.token_urlsafe(24)
+            self.tokens.append(token)
+            return httpx.Response(200, json={"auth": {"client_token": token}})
+        if path == "/v1/sys/leases/revoke":
+            if self.fail_revoke:
+                return httpx.Response(503, json={"errors": ["Vault is sealed"]})
+            self.revoked.append(httpx.Request("GET", "/", content=request.content).read().decode())
+            return httpx.Response(204)
+        if path == "/v1/auth/token/revoke-self":
+            return httpx.Response(204)
+        return httpx.Response(403, json={"errors": ["permission denied"]})
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Gateway, FakeBao, MemoryRegistry]:
+    session_issuer.load_issuer(tmp_path)  # its JWKS: the gateway refuses to start without
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    workload_jwt = tmp_path / "token"
+    workload_jwt.write_text("header.payload.signature")
+    cfg = GatewayConfig.model_validate(
+        {
+            "openbao": {"addrs": ["https://127.0.0.1:1"], "ca_file": str(ca)},
+            "sessions": {"jwks_file": str(tmp_path / "sessions-issuer" / "jwks.json")},
+            "identity": {"jwt_file": str(workload_jwt)},
+        }
+    )
+    fake = FakeBao()
+    bao = OpenBaoClient.__new__(OpenBaoClient)
+    bao.addrs, bao.token, bao.retry_for, bao._preferred = ["https://127.0.0.1:1"], None, 0, 0
+    bao._http = httpx.Client(transport=httpx.MockTransport(fake))
+    registry = MemoryRegistry()
+    gw = Gateway(cfg, bao=bao, registry=registry, tools={})
+    return gw, fake, registry
+
+
+def _session(registry: MemoryRegistry, sid: str, leases: int) -> list[str]:
+    claims = SessionClaims(sid, "acme", "bot", "analyst", "acme/bot", 2**31, 0, "j")
+    registry.open(claims)
+    ids = [f"database/creds/acme-analyst-pg_main/{secrets.token_hex(12)}" for _ in range(leases)]
+    for lease in ids:
+        assert registry.add_lease(sid, lease)
+    return ids
+
+
+def _value(gw: Gateway, name: str, **labels: str) -> float:
+    v = gw.metrics.registry.get_sample_value(name, labels or None)
+    return float(v or 0.0)
+
+
+def test_openbao_refusing_revocations_is_counted_and_swept_later(
+    setup: tuple[Gateway, FakeBao, MemoryRegistry],
+) -> None:
+    gw, fake, registry = setup
+    leases = _session(registry, "s" * 24, 2)
+    fake.fail_revoke = True
+    out = gw.end_session("s" * 24, exp=2**31, reason="ended")
+    assert out["leases_revoked"] == 0
+    assert _value(gw, "clawql_gateway_lease_revoke_failures_total", cause="openbao") == 2
+    gw.sweep()  # still failing: retried, counted again, still pending
+    assert _value(gw, "clawql_gateway_lease_revoke_failures_total", cause="openbao") == 4
+    assert _value(gw, "clawql_gateway_sessions_pending_revocation") == 1
+    assert registry.leases("s" * 24) == sorted(leases)
+    fake.fail_revoke = False
+    gw.sweep()
+    assert registry.leases("s" * 24) == []
+    assert registry.pending() == []
+    assert _value(gw, "clawql_gateway_leases_revoked_total") == 2
+    gw.sweep()
+    assert _value(gw, "clawql_gateway_sessions_pending_revocation") == 0
+    assert all(lease in "".join(fake.revoked) for lease in leases)
+    # The metrics page names causes, never a lease id or a token.
+    page = gw.metrics.render().decode()
+    assert not any(lease.split("/")[-1] in page for lease in leases)
+    assert not any(t in page for t in fake.tokens)
+
+
+def test_gateway_identity_down_fails_the_end_but_loses_nothing(
+    setup: tuple[Gateway, FakeBao, MemoryRegistry],
+) -> None:
+    gw, fake, registry = setup
+    sid = "t" * 24
+    _session(registry, sid, 3)
+    fake.fail_login = True
+    with pytest.raises(BackendError):
+        gw.end_session(sid, exp=2**31, reason="ended")
+    rec = registry.get(sid)
+    assert rec is not None and rec.state == "ended"  # no call is served meanwhile
+    assert _value(gw, "clawql_gateway_lease_revoke_failures_total", cause="identity") == 3
+    assert registry.pending() == [sid]
+    fake.fail_login = False
+    gw.sweep()
+    assert registry.pending() == [] and registry.leases(sid) == []
+    assert len(fake.revoked) == 3
+
+
+def test_a_pending_session_whose_leases_expired_is_cleared(
+    setup: tuple[Gateway, FakeBao, MemoryRegistry],
+) -> None:
+    gw, _, registry = setup
+    sid = "u" * 24
+    lease = _session(registry, sid, 1)[0]
+    registry.end(sid, 2**31, "ended")
+    registry.lease_revoked(sid, lease)  # as if the lease set had expired with the record
+    registry._revoking.add(sid)
+    gw.sweep()
+    assert registry.pending() == []
+    assert _value(gw, "clawql_gateway_sessions_pending_revocation") == 0
