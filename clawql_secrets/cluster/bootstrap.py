@@ -210,6 +210,20 @@ path "sys/*" { capabilities = ["deny"] }
 """,
 )
 
+# The renewer of internal services' certificates (`clawql-secrets certs run`): it
+# signs CSRs whose keys never leave the services' hosts; `issue` (OpenBao would
+# generate the key) and every other mount are not granted. Services' PKI roles are
+# named svc-<service> on pki_int (docs/certs.md).
+CERTS_RENEWER = WorkloadIdentity(
+    role="certs-renewer",
+    subject="clawql-certs-renewer",
+    policy="clawql-certs-renewer",
+    hcl="""\
+path "pki_int/sign/svc-*" { capabilities = ["update"] }
+path "sys/*" { capabilities = ["deny"] }
+""",
+)
+
 IDENTITIES = (
     OPERATOR,
     BREAKGLASS,
@@ -218,6 +232,7 @@ IDENTITIES = (
     GATEWAY,
     CHANGE_PARTICIPANT,
     SECRETS_WRITER,
+    CERTS_RENEWER,
 )
 
 

@@ -268,6 +268,11 @@ def _wait_for(pred: object, timeout: float) -> None:
         ("PROVISIONER", "POST", "sys/policies/acl/agent-x"),
         ("OPERATOR", "GET", "secret/data/tenants/acme/agents/a1/token"),
         ("OPERATOR", "POST", "sys/policies/acl/agent-x"),
+        ("CERTS_RENEWER", "POST", "pki_int/issue/svc-alpha"),
+        ("CERTS_RENEWER", "POST", "pki_int/sign/acme-analyst"),
+        ("CERTS_RENEWER", "GET", "database/creds/acme-analyst-pg_main"),
+        ("CERTS_RENEWER", "GET", "secret/data/tenants/acme/agents/a1/token"),
+        ("CERTS_RENEWER", "POST", "sys/policies/acl/agent-x"),
     ],
 )
 def test_service_identities_cannot_use_what_they_do_not_own(
