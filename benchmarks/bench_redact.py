@@ -27,7 +27,9 @@ from clawql_secrets.audit import recognizers
 from clawql_secrets.audit.redact import Redactor
 from clawql_secrets.audit.tail import AuditTailer, CursorFile
 
-SAMPLES_DIR = Path("/work/shared/reference/openbao-audit-samples")
+SAMPLES_DIR = (
+    Path(__file__).resolve().parent.parent / "tests" / "audit" / "data" / "openbao-audit-samples"
+)
 CORPUS_SIZE = 4000
 SECRET_RATE = 0.03
 REPS = 5

@@ -26,7 +26,7 @@ from clawql_secrets.audit import recognizers
 from clawql_secrets.audit.redact import REDACTIONS_KEY, Finding, RedactionConfig, Redactor
 from clawql_secrets.errors import InputError
 
-SAMPLES_DIR = Path("/work/shared/reference/openbao-audit-samples")
+SAMPLES_DIR = Path(__file__).parent / "data" / "openbao-audit-samples"
 HMAC = "hmac-sha256:" + "d59cc0a206881b3cf752ed558ab05a7c53ee2c9320cc9f5233eadada5d5484ad"
 
 _rng = random.Random(20261128)
@@ -240,8 +240,7 @@ def redactor() -> Redactor:
 @pytest.fixture(scope="module")
 def samples() -> list[dict[str, Any]]:
     found = load_samples()
-    if not found:
-        pytest.skip("OpenBao audit samples not available")
+    assert found, f"no OpenBao audit samples in {SAMPLES_DIR}"
     return found
 
 
