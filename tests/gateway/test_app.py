@@ -10,7 +10,6 @@ import anyio
 import httpx
 import pytest
 
-from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.gateway import session_issuer
 from clawql_secrets.gateway.app import build_app
 from clawql_secrets.gateway.config import GatewayConfig
@@ -18,6 +17,7 @@ from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.gateway.tools import load_tools
 from clawql_secrets.issuer import LocalIssuer
+from tests.gateway.fakes import mock_openbao
 
 
 class ASGIClient:
@@ -61,9 +61,7 @@ def env(tmp_path: Path) -> Iterator[tuple[ASGIClient, LocalIssuer]]:
             "max_body_bytes": 2048,
         }
     )
-    bao = OpenBaoClient.__new__(OpenBaoClient)  # no TLS context needed: never called
-    bao.addrs, bao.token, bao.retry_for, bao._preferred = ["https://127.0.0.1:1"], None, 0, 0
-    bao._http = httpx.Client(transport=httpx.MockTransport(_no_openbao))
+    bao = mock_openbao(_no_openbao)
     gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=load_tools(cfg))
     yield ASGIClient(build_app(gw, sweeper=False)), issuer
     bao.close()

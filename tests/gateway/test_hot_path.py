@@ -11,10 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import NotLeaderError, OpenBaoError
 from clawql_secrets.gateway import jwt_check, session_issuer
 from clawql_secrets.gateway.app import build_app
@@ -25,6 +23,7 @@ from clawql_secrets.gateway.errors import TokenRejected
 from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.gateway.tools import load_tools
 from clawql_secrets.issuer import LocalIssuer
+from tests.gateway.fakes import mock_openbao
 from tests.gateway.test_app import ASGIClient, _no_openbao
 from tests.gateway.test_live_tools import _server_tls
 
@@ -50,9 +49,7 @@ def gw_env(tmp_path: Path) -> Iterator[tuple[Gateway, LocalIssuer, Clock]]:
             "databases": {"default": {"host": "127.0.0.1", "dbname": "x"}},
         }
     )
-    bao = OpenBaoClient.__new__(OpenBaoClient)
-    bao.addrs, bao.token, bao.retry_for, bao._preferred = ["https://127.0.0.1:1"], None, 0, 0
-    bao._http = httpx.Client(transport=httpx.MockTransport(_no_openbao))
+    bao = mock_openbao(_no_openbao)
     clock = Clock(time.time())
     gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=load_tools(cfg), clock=clock)
     yield gw, issuer, clock

@@ -27,7 +27,6 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 
-from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.gateway import openapi, session_issuer
 from clawql_secrets.gateway.app import build_app
 from clawql_secrets.gateway.config import GatewayConfig
@@ -35,6 +34,7 @@ from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.gateway.tools import ToolContext
 from clawql_secrets.issuer import LocalIssuer
+from tests.gateway.fakes import mock_openbao
 
 LIMIT = 2048
 
@@ -114,10 +114,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
         meta = {"tenant": claims["tenant"], "agent_role": claims["agent_role"]}
         return httpx.Response(200, json={"auth": {"client_token": token, "metadata": meta}})
 
-    # As in test_app.py: no TLS context, the transport is the fake.
-    bao = OpenBaoClient.__new__(OpenBaoClient)
-    bao.addrs, bao.token, bao.retry_for, bao._preferred = ["https://127.0.0.1:1"], None, 0, 0
-    bao._http = httpx.Client(transport=httpx.MockTransport(fake_openbao))
+    bao = mock_openbao(fake_openbao)
     tools = {"echo": EchoTool(), "crash": CrashTool(token)}
     gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=tools)  # type: ignore[dict-item]
     yield Env(build_app(gw, sweeper=False), gw, issuer, token, logins)

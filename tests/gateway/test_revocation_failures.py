@@ -14,13 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import BackendError
 from clawql_secrets.gateway import session_issuer
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.jwt_check import SessionClaims
 from clawql_secrets.gateway.registry import MemoryRegistry
+from tests.gateway.fakes import mock_openbao
 
 
 @dataclass
@@ -63,9 +63,7 @@ def setup(tmp_path: Path) -> tuple[Gateway, FakeBao, MemoryRegistry]:
         }
     )
     fake = FakeBao()
-    bao = OpenBaoClient.__new__(OpenBaoClient)
-    bao.addrs, bao.token, bao.retry_for, bao._preferred = ["https://127.0.0.1:1"], None, 0, 0
-    bao._http = httpx.Client(transport=httpx.MockTransport(fake))
+    bao = mock_openbao(fake)
     registry = MemoryRegistry()
     gw = Gateway(cfg, bao=bao, registry=registry, tools={})
     return gw, fake, registry

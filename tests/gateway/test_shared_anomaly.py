@@ -21,7 +21,6 @@ import pytest
 import redis
 from pydantic import BaseModel
 
-from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.gateway import session_issuer
 from clawql_secrets.gateway.anomaly import CALL_RATE, DENIED_BURST
 from clawql_secrets.gateway.config import GatewayConfig
@@ -30,6 +29,7 @@ from clawql_secrets.gateway.errors import AccessDenied, TokenRejected
 from clawql_secrets.gateway.jwt_check import SessionClaims
 from clawql_secrets.gateway.registry import ACTIVE, ENDED, Opened, RedisRegistry, Window
 from clawql_secrets.gateway.tools import ToolContext
+from tests.gateway.fakes import mock_openbao
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -135,9 +135,7 @@ def _gateway(tmp_path: Path, prefix: str, anomaly: dict[str, Any]) -> Gateway:
             return httpx.Response(200, json={"auth": {"client_token": token, "metadata": meta}})
         return httpx.Response(403, json={"errors": ["permission denied"]})
 
-    bao = OpenBaoClient.__new__(OpenBaoClient)
-    bao.addrs, bao.token, bao.retry_for, bao._preferred = ["https://127.0.0.1:1"], None, 0, 0
-    bao._http = httpx.Client(transport=httpx.MockTransport(fake_openbao))
+    bao = mock_openbao(fake_openbao)
     registry = RedisRegistry(REDIS_URL, prefix)
     return Gateway(cfg, bao=bao, registry=registry, tools={"echo": EchoTool()})  # type: ignore[dict-item]
 
