@@ -11,9 +11,12 @@ signs the nodes' listener certificates.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
+import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,30 @@ class IssuedCert:
     cert_path: Path
     key_path: Path
     ca_path: Path
+
+
+class NoMemoryFiles(ConfigError):
+    """This platform has no anonymous memory files (Linux ``memfd``)."""
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes, name: str) -> Iterator[str]:
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None:
+        raise NoMemoryFiles("keeping a private key off disk needs Linux memfd")
+    fd = memfd_create(name, getattr(os, "MFD_CLOEXEC", 1))
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def load_chain_from_memory(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """``ctx.load_cert_chain`` from PEM bytes through anonymous memory files: the key
+    never has a disk path. ``NoMemoryFiles`` without memfd; ``ssl.SSLError`` on bad PEM."""
+    with _memory_file(cert_pem, "clawql-cert") as cert, _memory_file(key_pem, "clawql-key") as key:
+        ctx.load_cert_chain(cert, key)
 
 
 def _private_dir(directory: Path) -> None:

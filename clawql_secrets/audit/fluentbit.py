@@ -53,7 +53,7 @@ from clawql_secrets.audit import layout
 from clawql_secrets.audit.checkpoint import Signer
 from clawql_secrets.audit.fluentbit_format import BodyError, BodyLimits, Record, decode_body
 from clawql_secrets.audit.layout import DEFAULT_LIMITS, AuditLimits
-from clawql_secrets.audit.leaf import leaf_id, make_leaf, notice
+from clawql_secrets.audit.leaf import make_leaf, notice
 from clawql_secrets.audit.log import AuditLog
 from clawql_secrets.audit.metrics import ShipperMetrics
 from clawql_secrets.audit.redact import Redactor
@@ -64,7 +64,7 @@ from clawql_secrets.audit.ship_config import (
     S3StoreConfig,
     resolve_store_and_signer,
 )
-from clawql_secrets.audit.shipper import RecentIds
+from clawql_secrets.audit.shipper import RecentIds, stored_ids
 from clawql_secrets.audit.store import WormStore
 from clawql_secrets.audit.tail import Cursor, EntryKind, RawEntry, entry_id, line_hasher
 from clawql_secrets.errors import ClawQLError, ConfigError, IntegrityError
@@ -312,21 +312,10 @@ class FluentBitIngest:
             return
         stream_log = self.log.stream(st.name)
         size = stream_log.size
-        st.seen.pin(self._stored_ids(st.name, max(0, size - self.settings.recent_ids)))
+        st.seen.pin(stored_ids(self.store, st.name, max(0, size - self.settings.recent_ids)))
         st.stored_size = size
         st.ready = True
         self.metrics.resumed(st.name, size, stream_log.published)
-
-    def _stored_ids(self, name: str, lo: int) -> set[str]:
-        ids: set[str] = set()
-        for obj in self.store.list(f"{layout.SEGMENTS}/{name}/"):
-            seg = layout.parse_segment_name(obj)
-            if seg.last < lo:
-                continue
-            for offset, data in enumerate(layout.decode_segment(self.store.get(obj))):
-                if seg.first + offset >= lo:
-                    ids.add(leaf_id(data))
-        return ids
 
     def _finish(self, batch: _Batch, failed: str | None) -> None:
         batch.failed = failed

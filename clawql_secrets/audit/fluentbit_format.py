@@ -41,7 +41,6 @@ MIME_NDJSON: Final = "application/x-ndjson"
 MIME_JSON: Final = "application/json"
 MIME_MSGPACK: Final = "application/msgpack"
 _EVENT_TIME_EXT: Final = 0
-_WHITESPACE: Final = b" \t\r\n"
 
 
 class BodyError(Exception):

@@ -204,7 +204,7 @@ class Shipper:
                 continue
             if raw.kind in _RELOAD_KINDS:
                 # The tailer re-reads from the start: anything stored may come again.
-                st.seen.pin(self._stored_ids(name, 0))
+                st.seen.pin(stored_ids(self.store, name, 0))
             leaf = make_leaf(raw, self.redactor, self.settings.limits)
             stream_log.append_canonical(leaf.data)
             st.seen.add(raw.entry_id)
@@ -306,7 +306,7 @@ class Shipper:
         try:
             stream_log = self.log.stream(name)
             lo = _read_published(st.source)
-            st.seen.pin(self._stored_ids(name, 0 if lo is None else lo))
+            st.seen.pin(stored_ids(self.store, name, 0 if lo is None else lo))
         except ClawQLError as exc:
             if raise_errors:
                 raise
@@ -318,23 +318,24 @@ class Shipper:
         self.metrics.resumed(name, stream_log.size, stream_log.published)
         return True
 
-    def _stored_ids(self, name: str, lo: int) -> set[str]:
-        """Entry ids of the stream's stored entries from index ``lo`` on."""
-        ids: set[str] = set()
-        for obj in self.store.list(f"{layout.SEGMENTS}/{name}/"):
-            seg = layout.parse_segment_name(obj)
-            if seg.last < lo:
-                continue
-            entries = layout.decode_segment(self.store.get(obj))
-            for offset, data in enumerate(entries):
-                if seg.first + offset >= lo:
-                    ids.add(leaf_id(data))
-        return ids
-
     def _failed(self, name: str, exc: ClawQLError, kind: str) -> None:
         self.metrics.error(name, kind)
         # Our errors never carry secrets (see clawql_secrets.errors).
         log.warning("audit stream %s: %s failed: %s", name, kind, exc.diagnostics())
+
+
+def stored_ids(store: WormStore, name: str, lo: int) -> set[str]:
+    """Entry ids of the stream's stored entries from index ``lo`` on (shipper and ingest)."""
+    ids: set[str] = set()
+    for obj in store.list(f"{layout.SEGMENTS}/{name}/"):
+        seg = layout.parse_segment_name(obj)
+        if seg.last < lo:
+            continue
+        entries = layout.decode_segment(store.get(obj))
+        for offset, data in enumerate(entries):
+            if seg.first + offset >= lo:
+                ids.add(leaf_id(data))
+    return ids
 
 
 def _read_published(source: StreamSource) -> int | None:

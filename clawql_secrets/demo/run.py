@@ -152,13 +152,13 @@ def _http_steps(demo: Demo, http: httpx.Client, issuer: LocalIssuer, canary: str
     # b. The call: a cert issued for this agent, the token put in a header, the
     #    agent handed the destination's answer only.
     name = f"{who} calls an mTLS service through the gateway: the agent saw only the result"
+    # One guard: a target that cannot start fails this step, as does a broken answer.
     with demo.guard(name), target.running(s, target.token_digest(canary)) as dest:
-        with demo.guard(name):
-            status, text = call(f"{dest.url}/hello")
-            result = json.loads(text).get("result") or {}
-            body = result.get("body")
-            utf8 = result.get("body_encoding") == "utf-8" and isinstance(body, str)
-            answer = json.loads(body) if utf8 and body else None
+        status, text = call(f"{dest.url}/hello")
+        result = json.loads(text).get("result") or {}
+        body = result.get("body")
+        utf8 = result.get("body_encoding") == "utf-8" and isinstance(body, str)
+        answer = json.loads(body) if utf8 and body else None
         demo.step(
             name,
             status == 200
@@ -274,7 +274,7 @@ def run(settings: StackSettings, say: Say, *, canary: str | None = None) -> list
 
         # 3. Cross-tenant: refused, by the database grants and OpenBao's policies.
         denied = call(acme, "SELECT v FROM globex.facts")
-        code = (denied.get("error") or {}).get("code")
+        code = _error_code(denied)
         demo.step(
             "acme/bot-a reading globex's table is refused",
             code in {"sql_permission_denied", "anomaly_revoked"},
@@ -300,7 +300,7 @@ def run(settings: StackSettings, say: Say, *, canary: str | None = None) -> list
         after = call(acme, "SELECT 1")
         demo.step(
             "the same JWT is refused afterwards",
-            (after.get("error") or {}).get("code") in {"session_ended", "session_revoked"},
+            _error_code(after) in {"session_ended", "session_revoked"},
             {"agent saw": after},
         )
 
@@ -311,10 +311,10 @@ def run(settings: StackSettings, say: Say, *, canary: str | None = None) -> list
         last: dict[str, Any] = {}
         for _ in range(10):
             last = call(globex, "SELECT v FROM acme.facts")
-            if (last.get("error") or {}).get("code") != "sql_permission_denied":
+            if _error_code(last) != "sql_permission_denied":
                 break
         follow = call(globex, "SELECT v FROM globex.facts")
-        revoked = (follow.get("error") or {}).get("code") in {
+        revoked = _error_code(follow) in {
             "session_ended",
             "session_revoked",
             "anomaly_revoked",

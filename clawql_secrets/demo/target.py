@@ -21,7 +21,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 import ssl
 import threading
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from clawql_secrets.cluster import stack
 from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.errors import ConfigError, InputError, OpenBaoError
 from clawql_secrets.gateway.localstack import demo_target_ca
+from clawql_secrets.tlsca import load_chain_from_memory
 
 CA_CHAIN_PATH = "pki_int/cert/ca_chain"
 _SOCKET_TIMEOUT = 10.0
@@ -186,20 +186,6 @@ class _Server(ThreadingHTTPServer):
         """Quiet: the default prints a traceback, which may quote request data."""
 
 
-@contextlib.contextmanager
-def _memory_file(data: bytes) -> Iterator[str]:
-    """A path to ``data`` in anonymous memory (Linux memfd), never on disk."""
-    memfd_create = getattr(os, "memfd_create", None)
-    if memfd_create is None:
-        raise ConfigError("the demo target needs Linux (memfd) to keep its key off disk")
-    fd = memfd_create("clawql-demo-target", getattr(os, "MFD_CLOEXEC", 1))
-    try:
-        os.write(fd, data)
-        yield f"/proc/self/fd/{fd}"
-    finally:
-        os.close(fd)
-
-
 def agent_ca_chain(settings: StackSettings) -> str:
     """OpenBao's agent PKI chain (intermediate and root), read without a token."""
     try:
@@ -236,8 +222,7 @@ def server_context(settings: StackSettings, client_ca_pem: str) -> ssl.SSLContex
         server=True,
         lifetime=dt.timedelta(days=1),
     )
-    with _memory_file(chain) as cert_path, _memory_file(key) as key_path:
-        ctx.load_cert_chain(cert_path, key_path)
+    load_chain_from_memory(ctx, chain, key)  # NoMemoryFiles (a ConfigError) without memfd
     return ctx
 
 

@@ -110,6 +110,26 @@ def _parse_json(raw: bytes) -> Any:
         raise RequestRejected("invalid_json", "the body is not JSON") from None
 
 
+async def read_body(receive: Receive, declared: str | None, limit: int) -> list[Message]:
+    """The request's ``http.request`` messages up to the end of its body, refused past
+    ``limit`` bytes (declared or received); a disconnect raises ``ClientDisconnect``."""
+    _check_declared(declared, limit)
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] != "http.request":
+            continue
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise _too_large(limit)
+        messages.append(message)
+        if not message.get("more_body", False):
+            return messages
+
+
 _TOOLS_PREFIX = "/v1/tools/"
 
 
@@ -149,23 +169,8 @@ class GatewayApp(Starlette):
             elif name == b"content-length" and not seen_len:
                 declared, seen_len = value.decode("latin-1"), True
         bearer = _parse_bearer(authorization)
-        limit = self._gw.config.max_body_bytes
-        _check_declared(declared, limit)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message: Message = await receive()
-            if message["type"] == "http.request":
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            elif message["type"] == "http.disconnect":
-                raise ClientDisconnect()
-        body = _parse_json(b"".join(chunks))
+        messages = await read_body(receive, declared, self._gw.config.max_body_bytes)
+        body = _parse_json(b"".join(m.get("body", b"") for m in messages))
         result = await anyio.to_thread.run_sync(self._gw.call_tool, bearer, tool, body)
         return JSONResponse({"result": result})
 

@@ -77,10 +77,8 @@ class RegistrySettings(_Strict):
     prefix: str = Field(default="clawql:gw", pattern=r"^[A-Za-z0-9:_-]{1,64}$")
 
 
-class PostgresTarget(_Strict):
-    kind: Literal["postgresql"] = "postgresql"
+class _SQLTarget(_Strict):
     host: str
-    port: int = 5432
     dbname: str
     mount: str = "database"
     creds_role_template: str = "{agent_role}-{tenant}"
@@ -88,18 +86,17 @@ class PostgresTarget(_Strict):
     connect_timeout: int = Field(default=5, ge=1, le=60)
 
 
-class MariaDBTarget(_Strict):
+class PostgresTarget(_SQLTarget):
+    kind: Literal["postgresql"] = "postgresql"
+    port: int = 5432
+
+
+class MariaDBTarget(_SQLTarget):
     """A MariaDB server; ``dbname`` may name the tenant (``app_{tenant}``): one database
     per tenant is MariaDB's equivalent of a PostgreSQL schema."""
 
     kind: Literal["mariadb"]
-    host: str
     port: int = 3306
-    dbname: str
-    mount: str = "database"
-    creds_role_template: str = "{agent_role}-{tenant}"
-    pool_size: int = Field(default=2, ge=1, le=16)
-    connect_timeout: int = Field(default=5, ge=1, le=60)
 
 
 DatabaseTarget = PostgresTarget | MariaDBTarget

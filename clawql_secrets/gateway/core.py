@@ -493,11 +493,7 @@ class Gateway:
         except ClawQLError as exc:
             log.warning("anomaly record failed sid=%s (%s)", claims.sid, type(exc).__name__)
         finally:
-            with contextlib.suppress(ClawQLError):
-                self.bao.request(
-                    "POST", "auth/token/revoke-self", token=token.reveal(), retry_for=1
-                )
-            token.drop()
+            self._gateway_logout(token)
 
     def bound_lease(self, claims: SessionClaims, lease: LeaseInfo) -> int:
         """Shorten ``lease`` to the session's remaining life; returns its new TTL.
@@ -524,11 +520,7 @@ class Gateway:
             except OpenBaoError as exc:
                 log.warning("lease bound failed sid=%s status=%s", claims.sid, exc.status)
             finally:
-                with contextlib.suppress(ClawQLError):
-                    self.bao.request(
-                        "POST", "auth/token/revoke-self", token=token.reveal(), retry_for=1
-                    )
-                token.drop()
+                self._gateway_logout(token)
         if 0 < new_ttl <= max(remaining, 1):
             self.metrics.lease_bounds.labels("ok").inc()
             return new_ttl
@@ -608,12 +600,14 @@ class Gateway:
                 self.metrics.leases_revoked.inc()
                 done += 1
         finally:
-            with contextlib.suppress(ClawQLError):
-                self.bao.request(
-                    "POST", "auth/token/revoke-self", token=token.reveal(), retry_for=1
-                )
-            token.drop()
+            self._gateway_logout(token)
         return done
+
+    def _gateway_logout(self, token: _Token) -> None:
+        """Revoke a ``_gateway_login`` token (best effort: it is short-lived) and drop it."""
+        with contextlib.suppress(ClawQLError):
+            self.bao.request("POST", "auth/token/revoke-self", token=token.reveal(), retry_for=1)
+        token.drop()
 
     def _gateway_login(self) -> _Token:
         ident = self.config.identity

@@ -47,7 +47,7 @@ from starlette.types import Message, Receive, Scope, Send
 from clawql_secrets import __version__
 from clawql_secrets.errors import AuthenticationError
 from clawql_secrets.gateway import openapi
-from clawql_secrets.gateway.app import _check_declared, _parse_bearer, _too_large, error_response
+from clawql_secrets.gateway.app import _parse_bearer, error_response, read_body
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.errors import RequestRejected, TokenMalformed
 
@@ -95,7 +95,7 @@ class MCPEndpoint:
                 # GET would open an SSE stream that a stateless server never uses: it
                 # would only hold a connection. DELETE ends MCP sessions: there are none.
                 raise RequestRejected("method_not_allowed", "use POST for MCP", status=405)
-            body = await _read_body(receive, headers.get("content-length"), self._limit)  # step 3
+            body = await read_body(receive, headers.get("content-length"), self._limit)  # step 3
         except ClientDisconnect:
             return
         except Exception as exc:
@@ -151,25 +151,6 @@ def _error_result(exc: BaseException) -> types.CallToolResult:
     return types.CallToolResult(
         content=[types.TextContent(text=text)], structured_content=json.loads(text), is_error=True
     )
-
-
-async def _read_body(receive: Receive, declared: str | None, limit: int) -> list[Message]:
-    """The request's messages up to the end of its body, refused past ``limit`` bytes."""
-    _check_declared(declared, limit)
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        if message["type"] != "http.request":
-            continue
-        size += len(message.get("body", b""))
-        if size > limit:
-            raise _too_large(limit)
-        messages.append(message)
-        if not message.get("more_body", False):
-            return messages
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -60,8 +60,12 @@ class AgentSecretRef:
     field: str = "value"
 
     def __post_init__(self) -> None:
-        parts = {"tenant": self.tenant, "agent": self.agent, "secret name": self.name}
-        parts["field"] = self.field
+        parts = {
+            "tenant": self.tenant,
+            "agent": self.agent,
+            "secret name": self.name,
+            "field": self.field,
+        }
         for what, value in parts.items():
             patterns, rule = _RULES[what]
             if not all(p.fullmatch(value) for p in patterns):

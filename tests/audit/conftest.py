@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from clawql_secrets.audit import layout
 from clawql_secrets.audit.checkpoint import Ed25519Signer
+from clawql_secrets.audit.errors import StoreError
+from clawql_secrets.audit.leaf import leaf_id
 from clawql_secrets.audit.log import AuditLog
-from clawql_secrets.audit.store import LocalWormStore
+from clawql_secrets.audit.store import LocalWormStore, MemoryWormStore, WormStore
 
 SEG = "segments/n1/{:020d}-{:020d}.jsonl"
 CP = "checkpoints/n1/{:020d}.txt"
@@ -24,6 +27,29 @@ def entry(stream: str, i: int) -> dict[str, object]:
         "node": stream,
         "seq": i,
     }
+
+
+def stored_ids(store: WormStore, stream: str) -> list[str]:
+    """Entry ids of a stream's stored leaves, in order."""
+    ids: list[str] = []
+    for name in store.list(f"segments/{stream}/"):
+        ids.extend(leaf_id(e) for e in layout.decode_segment(store.get(name)))
+    return ids
+
+
+def all_bytes(store: WormStore) -> bytes:
+    return b"".join(store.get(n) for n in store.list(""))
+
+
+class DownStore(MemoryWormStore):
+    """A memory store whose writes fail while ``down`` is set (a store outage)."""
+
+    down = False
+
+    def put_once(self, name: str, data: bytes) -> None:
+        if self.down:
+            raise StoreError("down")
+        super().put_once(name, data)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clawql_secrets.audit import layout, verify
 from clawql_secrets.audit.checkpoint import Checkpoint, Ed25519Signer
 from clawql_secrets.audit.errors import StoreError
-from clawql_secrets.audit.leaf import canonical, leaf_id
+from clawql_secrets.audit.leaf import canonical
 from clawql_secrets.audit.metrics import heads_from_labels, registry_for
 from clawql_secrets.audit.redact import Redactor
 from clawql_secrets.audit.s3store import S3Location, S3WormStore, make_client
@@ -38,6 +38,7 @@ from clawql_secrets.audit.store import LocalWormStore, MemoryWormStore, WormStor
 from clawql_secrets.audit.tail import CursorFile, TailConfig
 from clawql_secrets.errors import ConfigError
 from tests.audit.auditgen import AuditFile, pair
+from tests.audit.conftest import DownStore, all_bytes, stored_ids
 from tests.audit.moto_server import ENV, MotoS3
 
 FAST = ShipperSettings(interval_seconds=0.2, poll_seconds=0.02, retry_seconds=0.05)
@@ -68,17 +69,6 @@ def sources(tmp: Path, names: tuple[str, ...] = ("n1",)) -> list[StreamSource]:
 
 def files(srcs: list[StreamSource]) -> dict[str, AuditFile]:
     return {s.name: AuditFile(s.audit_file, s.name) for s in srcs}
-
-
-def stored_ids(store: WormStore, stream: str) -> list[str]:
-    ids: list[str] = []
-    for name in store.list(f"segments/{stream}/"):
-        ids.extend(leaf_id(e) for e in layout.decode_segment(store.get(name)))
-    return ids
-
-
-def all_bytes(store: WormStore) -> bytes:
-    return b"".join(store.get(n) for n in store.list(""))
 
 
 def ship(shipper: Shipper) -> None:
@@ -377,14 +367,6 @@ def test_s3_outage_buffers_and_catches_up_without_loss(
 def test_backpressure_pauses_reading_while_the_store_is_down(
     tmp_path: Path, signer: Ed25519Signer
 ) -> None:
-    class DownStore(MemoryWormStore):
-        down = False
-
-        def put_once(self, name: str, data: bytes) -> None:
-            if self.down:
-                raise StoreError("down")
-            super().put_once(name, data)
-
     srcs = sources(tmp_path)
     audit = files(srcs)
     store = DownStore()

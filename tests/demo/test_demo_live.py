@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import re
 import secrets
@@ -13,14 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import pymysql
 import pytest
 
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 from clawql_secrets.demo.run import run
-from clawql_secrets.provision.localstack import EXAMPLE, provision_example
+from clawql_secrets.provision.localstack import provision_example
 from clawql_secrets.scan import commands as scan_commands
+from tests.provision.live_example import private_example
 
 pytestmark = pytest.mark.cluster
 ADMIN = f"clawql_admin_d{secrets.token_hex(3)}"
@@ -30,23 +28,9 @@ ADMIN = f"clawql_admin_d{secrets.token_hex(3)}"
 def provisioned(
     live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StackSettings]:
-    path = tmp_path_factory.mktemp("demo") / "clawql.yaml"
-    path.write_text(EXAMPLE.read_text().replace("username: clawql_admin", f"username: {ADMIN}"))
-    try:
+    with private_example(tmp_path_factory.mktemp("demo"), ADMIN) as path:
         provision_example(live_stack, lambda _: None, path)
         yield live_stack
-    finally:
-        with (
-            contextlib.suppress(psycopg.Error),
-            psycopg.connect(
-                host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
-            ) as conn,
-        ):
-            conn.execute(f'DROP ROLE IF EXISTS "{ADMIN}"')
-        with contextlib.suppress(pymysql.MySQLError):
-            maria = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-            with maria, maria.cursor() as cur:
-                cur.execute(f"DROP USER IF EXISTS '{ADMIN}'@'%'")
 
 
 def _canary() -> str:

@@ -12,12 +12,11 @@ import pytest
 
 from clawql_secrets.gateway import session_issuer
 from clawql_secrets.gateway.app import build_app
-from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.gateway.tools import load_tools
 from clawql_secrets.issuer import LocalIssuer
-from tests.gateway.fakes import mock_openbao
+from tests.gateway.fakes import mock_openbao, unit_config
 
 
 class ASGIClient:
@@ -50,16 +49,8 @@ def _no_openbao(request: httpx.Request) -> httpx.Response:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[tuple[ASGIClient, LocalIssuer]]:
     issuer = session_issuer.load_issuer(tmp_path)
-    ca = tmp_path / "ca.pem"
-    ca.write_text("")
-    cfg = GatewayConfig.model_validate(
-        {
-            "openbao": {"addrs": ["https://127.0.0.1:1"], "ca_file": str(ca)},
-            "sessions": {"jwks_file": str(tmp_path / "sessions-issuer" / "jwks.json")},
-            "identity": {"jwt_file": str(tmp_path / "none.jwt")},
-            "databases": {"default": {"host": "127.0.0.1", "dbname": "x"}},
-            "max_body_bytes": 2048,
-        }
+    cfg = unit_config(
+        tmp_path, databases={"default": {"host": "127.0.0.1", "dbname": "x"}}, max_body_bytes=2048
     )
     bao = mock_openbao(_no_openbao)
     gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=load_tools(cfg))

@@ -17,13 +17,12 @@ from clawql_secrets.errors import NotLeaderError, OpenBaoError
 from clawql_secrets.gateway import jwt_check, session_issuer
 from clawql_secrets.gateway.app import build_app
 from clawql_secrets.gateway.bao_login import LoginClient
-from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.errors import TokenRejected
 from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.gateway.tools import load_tools
 from clawql_secrets.issuer import LocalIssuer
-from tests.gateway.fakes import mock_openbao
+from tests.gateway.fakes import mock_openbao, unit_config
 from tests.gateway.test_app import ASGIClient, _no_openbao
 from tests.gateway.test_live_tools import _server_tls
 
@@ -39,16 +38,7 @@ class Clock:
 @pytest.fixture
 def gw_env(tmp_path: Path) -> Iterator[tuple[Gateway, LocalIssuer, Clock]]:
     issuer = session_issuer.load_issuer(tmp_path)
-    ca = tmp_path / "ca.pem"
-    ca.write_text("")
-    cfg = GatewayConfig.model_validate(
-        {
-            "openbao": {"addrs": ["https://127.0.0.1:1"], "ca_file": str(ca)},
-            "sessions": {"jwks_file": str(tmp_path / "sessions-issuer" / "jwks.json")},
-            "identity": {"jwt_file": str(tmp_path / "none.jwt")},
-            "databases": {"default": {"host": "127.0.0.1", "dbname": "x"}},
-        }
-    )
+    cfg = unit_config(tmp_path, databases={"default": {"host": "127.0.0.1", "dbname": "x"}})
     bao = mock_openbao(_no_openbao)
     clock = Clock(time.time())
     gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=load_tools(cfg), clock=clock)

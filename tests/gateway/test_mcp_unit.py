@@ -29,12 +29,11 @@ from starlette.applications import Starlette
 
 from clawql_secrets.gateway import openapi, session_issuer
 from clawql_secrets.gateway.app import build_app
-from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.gateway.tools import ToolContext
 from clawql_secrets.issuer import LocalIssuer
-from tests.gateway.fakes import mock_openbao
+from tests.gateway.fakes import mock_openbao, unit_config
 
 LIMIT = 2048
 
@@ -92,16 +91,8 @@ def _b64(obj: object) -> str:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     issuer = session_issuer.load_issuer(tmp_path)
-    ca = tmp_path / "ca.pem"
-    ca.write_text("")
-    cfg = GatewayConfig.model_validate(
-        {
-            "openbao": {"addrs": ["https://127.0.0.1:1"], "ca_file": str(ca)},
-            "sessions": {"jwks_file": str(tmp_path / "sessions-issuer" / "jwks.json")},
-            "identity": {"jwt_file": str(tmp_path / "none.jwt")},
-            "databases": {"default": {"host": "127.0.0.1", "dbname": "x"}},
-            "max_body_bytes": LIMIT,
-        }
+    cfg = unit_config(
+        tmp_path, databases={"default": {"host": "127.0.0.1", "dbname": "x"}}, max_body_bytes=LIMIT
     )
     token = "s." + secrets.token_urlsafe(24)
     logins: list[str] = []

@@ -23,13 +23,12 @@ from pydantic import BaseModel
 
 from clawql_secrets.gateway import session_issuer
 from clawql_secrets.gateway.anomaly import CALL_RATE, DENIED_BURST
-from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.errors import AccessDenied, TokenRejected
 from clawql_secrets.gateway.jwt_check import SessionClaims
 from clawql_secrets.gateway.registry import ACTIVE, ENDED, Opened, RedisRegistry, Window
 from clawql_secrets.gateway.tools import ToolContext
-from tests.gateway.fakes import mock_openbao
+from tests.gateway.fakes import mock_openbao, unit_config
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -114,16 +113,8 @@ class EchoTool:
 
 
 def _gateway(tmp_path: Path, prefix: str, anomaly: dict[str, Any]) -> Gateway:
-    ca = tmp_path / "ca.pem"
-    ca.write_text("")
-    cfg = GatewayConfig.model_validate(
-        {
-            "openbao": {"addrs": ["https://127.0.0.1:1"], "ca_file": str(ca)},
-            "sessions": {"jwks_file": str(tmp_path / "sessions-issuer" / "jwks.json")},
-            "identity": {"jwt_file": str(tmp_path / "none.jwt")},
-            "registry": {"redis_url": REDIS_URL, "prefix": prefix},
-            "anomaly": anomaly,
-        }
+    cfg = unit_config(
+        tmp_path, registry={"redis_url": REDIS_URL, "prefix": prefix}, anomaly=anomaly
     )
 
     def fake_openbao(request: httpx.Request) -> httpx.Response:

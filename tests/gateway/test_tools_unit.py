@@ -1,4 +1,4 @@
-"""``http.request`` and ``redis.command`` without backends: config, allow-lists, refusals."""
+"""The tools without backends: config, allow-lists, refusals, result limits."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.errors import AccessDenied, RequestRejected
 from clawql_secrets.gateway.jwt_check import SessionClaims
 from clawql_secrets.gateway.tools import aws, http, redis_cmd
+from clawql_secrets.gateway.tools.pool import rows_result
 
 
 @dataclass
@@ -171,3 +172,44 @@ def test_aws_config_and_allow_list(tmp_path: Path) -> None:
     assert code({"service": "s3", "operation": "list_buckets"}) == "operation_not_allowed"
     op = {"service": "s3", "operation": "generate_presigned_url"}
     assert code(op) == "operation_not_allowed"
+
+
+def test_aws_refuses_sdk_helpers_even_if_configured(tmp_path: Path) -> None:
+    arn = "arn:aws:iam::123456789012:role/x-{tenant}"
+    ops = ["s3:generate_presigned_url"]
+    cfg = {"cloud.aws": {"roles": {"analyst": {"role_arn_template": arn, "operations": ops}}}}
+    tool = aws.factory(_config(tmp_path, cfg))
+    creds = aws._Creds()
+    creds.values = {"AccessKeyId": "AKIDX", "SecretAccessKey": "sk", "SessionToken": "st"}
+    creds.expires = 4e9
+
+    class CachedCreds(FakeContext):
+        def resource(self, key: str, create: Callable[[], Any]) -> Any:
+            return creds
+
+    ctx = CachedCreds()
+    with pytest.raises(RequestRejected) as e:
+        tool.run(ctx, aws.AWSArgs.model_validate({"service": "s3", "operation": ops[0][3:]}))
+    assert e.value.code == "unknown_operation"
+    assert ctx.reads == []
+
+
+def test_rows_result_limits_rows_and_bytes() -> None:
+    read: list[int] = []
+
+    def raws(n: int) -> Any:
+        for i in range(n):
+            read.append(i)
+            yield (i, "x" * 10)
+
+    r = rows_result(["a", "b"], raws(10), 3, 10_000, lambda v: v)
+    assert (r["rows"], r["row_count"], r["truncated"]) == (
+        [[0, "x" * 10], [1, "x" * 10], [2, "x" * 10]],
+        3,
+        True,
+    )
+    assert read == [0, 1, 2, 3]  # stops at the limit
+    r = rows_result(["a", "b"], raws(2), 3, 10_000, lambda v: v)
+    assert (r["row_count"], r["truncated"]) == (2, False)
+    r = rows_result(["a", "b"], raws(5), 5, 40, lambda v: v)
+    assert (r["row_count"], r["truncated"]) == (2, True)  # each row is 17 bytes of JSON

@@ -8,13 +8,11 @@ never touches the admin of a developer's stack on the same machine.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pymysql
 import pytest
 
 from clawql_secrets.cluster import bootstrap, stack
@@ -22,7 +20,8 @@ from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.gateway import session_issuer
 from clawql_secrets.issuer import LocalIssuer
-from clawql_secrets.provision.localstack import EXAMPLE, provision_example
+from clawql_secrets.provision.localstack import provision_example
+from tests.provision.live_example import private_example
 
 pytestmark = pytest.mark.cluster
 ADMIN = f"clawql_admin_t{secrets.token_hex(3)}"
@@ -30,22 +29,8 @@ ADMIN = f"clawql_admin_t{secrets.token_hex(3)}"
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("example") / "clawql.yaml"
-    path.write_text(EXAMPLE.read_text().replace("username: clawql_admin", f"username: {ADMIN}"))
-    try:
+    with private_example(tmp_path_factory.mktemp("example"), ADMIN) as path:
         yield path
-    finally:
-        with (
-            contextlib.suppress(psycopg.Error),
-            psycopg.connect(
-                host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
-            ) as conn,
-        ):
-            conn.execute(f'DROP ROLE IF EXISTS "{ADMIN}"')
-        with contextlib.suppress(pymysql.MySQLError):
-            maria = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-            with maria, maria.cursor() as cur:
-                cur.execute(f"DROP USER IF EXISTS '{ADMIN}'@'%'")
 
 
 def cli_verify(store: Path, verifier: str) -> int:

@@ -53,6 +53,14 @@ def lease_id(mount: str = "database", role: str = "acme-analyst-pg_main") -> str
     return f"{mount}/creds/{role}/{rand(24)}"
 
 
+def lone_sid() -> str:
+    """A session id the entropy rule judges alone: a '-' in the middle keeps it from
+    holding a 40-character run the AWS secret key rule would claim first."""
+    value = rand(21, URLSAFE) + "-" + rand(21, URLSAFE)
+    assert SID_RE.fullmatch(value)
+    return value
+
+
 def accessor() -> str:
     # OpenBao's are 24 characters; a longer one is what the entropy rule would judge.
     return rand(36)
@@ -176,13 +184,13 @@ def record(
 @pytest.mark.parametrize(
     ("name", "text", "kind"),
     [
-        ("sid_alone", lambda: "seen " + sid(), "high_entropy_token"),
+        ("sid_alone", lambda: "seen " + lone_sid(), "high_entropy_token"),
         ("accessor_alone", lambda: "seen " + accessor(), "high_entropy_token"),
         ("lease_tail_too_long", lambda: "seen database/creds/acme-analyst-pg_main/" + rand(40),
          "high_entropy_token"),
         ("not_a_lease_verb", lambda: "seen database/config/acme/" + rand(24) + rand(16),
          "high_entropy_token"),
-        ("upper_case_mount", lambda: "seen Secret/data/app/" + sid(), "high_entropy_token"),
+        ("upper_case_mount", lambda: "seen Secret/data/app/" + lone_sid(), "high_entropy_token"),
         ("bare_aws_shape", lambda: "seen " + rand(40, ALNUM + "/+"), "aws_secret_access_key"),
     ],
 )  # fmt: skip

@@ -10,6 +10,7 @@ resources (a database pool) that are closed when the session ends.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Protocol, TypeVar
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from clawql_secrets.errors import ConfigError
 from clawql_secrets.gateway.config import GatewayConfig
+from clawql_secrets.gateway.errors import BackendUnavailable
 from clawql_secrets.gateway.jwt_check import SessionClaims
 
 GROUP = "clawql_secrets.tools"
@@ -72,6 +74,29 @@ def tool_settings(config: GatewayConfig, name: str, model: type[M]) -> M:
             f"gateway config tools.{name} is invalid at {where}: {first['msg']}",
             fix="see docs: gateway configuration",
         ) from None
+
+
+def read_credential(ctx: ToolContext, mount: str, role_template: str, what: str) -> tuple[str, str]:
+    """``(username, password)`` from ``<mount>/creds/<role>``, read with the agent's token.
+
+    ``role_template`` may use ``{agent_role}`` and ``{tenant}`` (from the verified claims).
+    """
+    c = ctx.claims
+    role = role_template.format(agent_role=c.agent_role, tenant=c.tenant)
+    lease = ctx.read_secret(f"{mount}/creds/{role}")
+    user = str(lease.data.get("username", ""))
+    password = str(lease.data.get("password", ""))
+    if not user or not password:
+        raise BackendUnavailable("openbao_error", f"OpenBao returned no {what} credential")
+    return user, password
+
+
+def quiet_loggers(*names: str) -> None:
+    """Raise ``names`` (and so their children) to INFO if they would log DEBUG."""
+    for name in names:
+        lg = logging.getLogger(name)
+        if lg.getEffectiveLevel() < logging.INFO:
+            lg.setLevel(logging.INFO)
 
 
 class Tool(Protocol):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import logging
 import re
 import threading
 import time
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clawql_secrets.errors import ConfigError
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
-from clawql_secrets.gateway.tools import ToolContext, tool_settings
+from clawql_secrets.gateway.tools import ToolContext, quiet_loggers, tool_settings
 
 NAME = "cloud.aws"
 _OP_RE = re.compile(r"^[a-z0-9-]{2,40}:[a-z][a-z0-9_]{1,80}$")
@@ -260,10 +259,7 @@ def _translate(exc: botocore.exceptions.ClientError) -> Exception:
 def quiet_sdk_loggers() -> None:
     """botocore's DEBUG logs print request and response bodies: the web identity
     token going to STS, and the credentials coming back. Never below INFO."""
-    for name in ("botocore", "boto3", "urllib3", "s3transfer"):
-        lg = logging.getLogger(name)
-        if lg.getEffectiveLevel() < logging.INFO:
-            lg.setLevel(logging.INFO)
+    quiet_loggers("botocore", "boto3", "urllib3", "s3transfer")
 
 
 def factory(config: GatewayConfig) -> AWSTool:

@@ -23,12 +23,9 @@ base64) in the response headers or body is replaced before it is returned.
 from __future__ import annotations
 
 import base64
-import contextlib
-import logging
-import os
 import re
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -39,7 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from clawql_secrets.errors import ConfigError
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
-from clawql_secrets.gateway.tools import ToolContext, tool_settings
+from clawql_secrets.gateway.tools import ToolContext, quiet_loggers, tool_settings
+from clawql_secrets.tlsca import NoMemoryFiles, load_chain_from_memory
 
 NAME = "http.request"
 REDACTED = "[redacted]"
@@ -117,22 +115,6 @@ def _allowed(host: str, port: int, patterns: list[str]) -> bool:
         elif host == p_host:
             return True
     return False
-
-
-@contextlib.contextmanager
-def _memory_file(data: bytes) -> Iterator[str]:
-    """A readable path for ``data`` backed by anonymous memory (Linux memfd), never disk."""
-    memfd_create = getattr(os, "memfd_create", None)
-    if memfd_create is None:
-        raise BackendUnavailable(
-            "client_cert_unsupported", "client certificates need Linux memfd", status=501
-        )
-    fd = memfd_create("clawql-cert", getattr(os, "MFD_CLOEXEC", 1))
-    try:
-        os.write(fd, data)
-        yield f"/proc/self/fd/{fd}"
-    finally:
-        os.close(fd)
 
 
 class HTTPRequestTool:
@@ -257,13 +239,16 @@ class HTTPRequestTool:
         ctx = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if cert_pem:
-            with _memory_file(cert_pem) as cert_path, _memory_file(key_pem) as key_path:
-                try:
-                    ctx.load_cert_chain(cert_path, key_path)
-                except ssl.SSLError:
-                    raise BackendUnavailable(
-                        "openbao_error", "OpenBao returned an unusable certificate", status=502
-                    ) from None
+            try:
+                load_chain_from_memory(ctx, cert_pem, key_pem)
+            except NoMemoryFiles:
+                raise BackendUnavailable(
+                    "client_cert_unsupported", "client certificates need Linux memfd", status=501
+                ) from None
+            except ssl.SSLError:
+                raise BackendUnavailable(
+                    "openbao_error", "OpenBao returned an unusable certificate", status=502
+                ) from None
         return ctx
 
     def _send(
@@ -340,10 +325,7 @@ def quiet_wire_loggers() -> None:
     """Stop httpcore's DEBUG wire traces: they print response headers verbatim, and a
     destination may echo an injected secret in one (the body is redacted, the trace
     would not be). Raising the parent logger silences every ``httpcore.*`` child."""
-    for name in ("httpcore", "hpack"):
-        lg = logging.getLogger(name)
-        if lg.getEffectiveLevel() < logging.INFO:
-            lg.setLevel(logging.INFO)
+    quiet_loggers("httpcore", "hpack")
 
 
 def factory(config: GatewayConfig) -> HTTPRequestTool:

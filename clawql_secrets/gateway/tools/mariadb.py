@@ -14,7 +14,6 @@ statement. The result is read unbuffered, and ``sql_select_limit`` (max rows
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -24,8 +23,8 @@ from pymysql.constants import CLIENT
 
 from clawql_secrets.gateway.config import MariaDBTarget, SQLLimits
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
-from clawql_secrets.gateway.tools import ToolContext
-from clawql_secrets.gateway.tools.pool import SessionPool
+from clawql_secrets.gateway.tools import ToolContext, read_credential
+from clawql_secrets.gateway.tools.pool import SessionPool, rows_result
 
 Conn: TypeAlias = Any  # pymysql.connections.Connection (PyMySQL ships no type hints)
 
@@ -40,15 +39,8 @@ class MariaDBPool(SessionPool[Conn]):
 
 
 def open_pool(ctx: ToolContext, target: MariaDBTarget) -> MariaDBPool:
-    c = ctx.claims
-    role = target.creds_role_template.format(agent_role=c.agent_role, tenant=c.tenant)
-    lease = ctx.read_secret(f"{target.mount}/creds/{role}")
-    user = str(lease.data.get("username", ""))
-    password = str(lease.data.get("password", ""))
-    if not user or not password:
-        raise BackendUnavailable("openbao_error", "OpenBao returned no database credential")
-
-    dbname = target.dbname.format(tenant=c.tenant)
+    user, password = read_credential(ctx, target.mount, target.creds_role_template, "database")
+    dbname = target.dbname.format(tenant=ctx.claims.tenant)
 
     def connect() -> Conn:
         return pymysql.connect(
@@ -70,7 +62,12 @@ def open_pool(ctx: ToolContext, target: MariaDBTarget) -> MariaDBPool:
 
 
 def execute(
-    pool: MariaDBPool, sql: str, params: list[Any], max_rows: int, lim: SQLLimits, jsonable: Any
+    pool: MariaDBPool,
+    sql: str,
+    params: list[Any],
+    max_rows: int,
+    lim: SQLLimits,
+    jsonable: Callable[[Any], Any],
 ) -> dict[str, Any]:
     try:
         with pool.connection() as conn:
@@ -91,24 +88,9 @@ def execute(
                         "truncated": False,
                     }
                 columns = [str(d[0]) for d in cur.description]
-                rows: list[list[Any]] = []
-                size, truncated = 0, False
-                for raw in iter(cur.fetchone, None):
-                    if len(rows) == max_rows:
-                        truncated = True
-                        break
-                    row = [jsonable(v) for v in raw]
-                    size += len(json.dumps(row, default=str))
-                    if size > lim.max_bytes:
-                        truncated = True
-                        break
-                    rows.append(row)
-            return {
-                "columns": columns,
-                "rows": rows,
-                "row_count": len(rows),
-                "truncated": truncated,
-            }
+                return rows_result(
+                    columns, iter(cur.fetchone, None), max_rows, lim.max_bytes, jsonable
+                )
     except pymysql.MySQLError as exc:
         raise translate(exc, pool.user) from None
 

@@ -1,16 +1,18 @@
 """A tiny blocking pool of one session's connections (no background threads).
 
 Shared by the SQL tools: each session has its own pool of connections made with
-the session's own dynamic user, closed when the session ends.
+the session's own dynamic user, closed when the session ends. ``rows_result``
+is their shared row and byte limiting of a result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from clawql_secrets.gateway.errors import BackendUnavailable
 
@@ -100,3 +102,27 @@ class SessionPool(Generic[C]):
         for conn in idle:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def rows_result(
+    columns: list[str],
+    raws: Iterable[Sequence[Any]],
+    max_rows: int,
+    max_bytes: int,
+    jsonable: Callable[[Any], Any],
+) -> dict[str, Any]:
+    """The tool result for ``raws``: at most ``max_rows`` rows and about ``max_bytes``
+    of JSON, ``truncated`` when more was there. Stops reading ``raws`` at the limit."""
+    rows: list[list[Any]] = []
+    size, truncated = 0, False
+    for raw in raws:
+        if len(rows) == max_rows:
+            truncated = True
+            break
+        row = [jsonable(v) for v in raw]
+        size += len(json.dumps(row, default=str))
+        if size > max_bytes:
+            truncated = True
+            break
+        rows.append(row)
+    return {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": truncated}

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clawql_secrets.errors import ConfigError
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
-from clawql_secrets.gateway.tools import ToolContext, tool_settings
+from clawql_secrets.gateway.tools import ToolContext, read_credential, tool_settings
 
 NAME = "redis.command"
 DEFAULT_COMMANDS = [
@@ -252,13 +252,7 @@ class RedisCommandTool:
         return {"reply": result}
 
     def _open(self, ctx: ToolContext, target: RedisTarget) -> RedisSession:
-        c = ctx.claims
-        role = target.creds_role_template.format(agent_role=c.agent_role, tenant=c.tenant)
-        lease = ctx.read_secret(f"{target.mount}/creds/{role}")
-        user = str(lease.data.get("username", ""))
-        password = str(lease.data.get("password", ""))
-        if not user or not password:
-            raise BackendUnavailable("openbao_error", "OpenBao returned no Redis credential")
+        user, password = read_credential(ctx, target.mount, target.creds_role_template, "Redis")
         pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
             connection_class=redis.SSLConnection if target.tls else redis.Connection,
             max_connections=target.pool_size,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
-import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -31,8 +30,8 @@ from clawql_secrets.gateway.config import (
     SQLLimits,
 )
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
-from clawql_secrets.gateway.tools import ToolContext, mariadb
-from clawql_secrets.gateway.tools.pool import SessionPool
+from clawql_secrets.gateway.tools import ToolContext, mariadb, read_credential
+from clawql_secrets.gateway.tools.pool import SessionPool, rows_result
 
 Scalar = str | int | float | bool | None
 
@@ -105,13 +104,7 @@ class SQLQueryTool:
             raise _translate(exc, pool.user) from None
 
     def _open_pool(self, ctx: ToolContext, target: PostgresTarget) -> PGPool:
-        c = ctx.claims
-        role = target.creds_role_template.format(agent_role=c.agent_role, tenant=c.tenant)
-        lease = ctx.read_secret(f"{target.mount}/creds/{role}")
-        user = str(lease.data.get("username", ""))
-        password = str(lease.data.get("password", ""))
-        if not user or not password:
-            raise BackendUnavailable("openbao_error", "OpenBao returned no database credential")
+        user, password = read_credential(ctx, target.mount, target.creds_role_template, "database")
 
         def connect() -> psycopg.Connection[Any]:
             return psycopg.connect(
@@ -149,20 +142,8 @@ class SQLQueryTool:
             if cur.description is None:
                 return {"columns": [], "rows": [], "row_count": cur.rowcount, "truncated": False}
             columns = [d.name for d in cur.description]
-            rows: list[list[Any]] = []
-            size = 0
-            truncated = False
-            for raw in cur.fetchmany(max_rows + 1):
-                if len(rows) == max_rows:
-                    truncated = True
-                    break
-                row = [_jsonable(v) for v in raw]
-                size += len(json.dumps(row, default=str))
-                if size > lim.max_bytes:
-                    truncated = True
-                    break
-                rows.append(row)
-        return {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": truncated}
+            raws = cur.fetchmany(max_rows + 1)
+        return rows_result(columns, raws, max_rows, lim.max_bytes, _jsonable)
 
 
 def _translate(exc: psycopg.Error, user: str) -> Exception:
