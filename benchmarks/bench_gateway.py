@@ -4,9 +4,12 @@
    exists) vs the raw floor: batch JWT login to OpenBao + the same query on an
    open psycopg connection. p50/p99 and throughput at 1 and 8 concurrent
    sessions, ``REPS`` times interleaved (raw, gateway, raw, gateway, ...), the
-   medians reported; plus the CPU per call of the gateway process and of the
-   load generator (this process, timed loops only).
-2. Session end → DB role gone and connections terminated, over 100 sessions.
+   medians reported; plus the CPU per call of each part (OpenBao nodes, audit
+   shipper, gateway, Redis, PostgreSQL, load generator, whole machine), read
+   from ``/proc`` around the timed loops only.
+2. OpenBao's CPU per batch login, back to back vs spaced by a sleep: what the
+   time a gateway spends between two logins does to OpenBao alone.
+3. Session end → DB role gone and connections terminated, over 100 sessions.
 
 Both paths use the same lean client: a standard-library ``http.client``
 connection kept alive per worker (plain HTTP to the gateway, TLS verified
@@ -60,18 +63,67 @@ def _pct(xs: list[float], p: float) -> float:
 
 
 def _proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds of process ``pid`` (all its threads); 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _load(worker: Worker, n: int, gw_pid: int | None) -> tuple[list[float], float, float, float]:
-    """Latencies, calls/s, CPU seconds of this process and of ``gw_pid``: timed loops only.
+def _machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine (every core; idle and iowait excluded)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(v) - v[3] - v[4]) / _TICK
 
-    Session set-up (first call, DB user) and end happen outside the window.
+
+def _groups(s: StackSettings, gw_pid: int) -> dict[str, list[int]]:
+    """The processes whose CPU the gateway path and the raw path spend, by part."""
+    nodes = [str(s.node_config(n)) for n in NODE_IDS]
+    out: dict[str, list[int]] = {
+        "OpenBao nodes": [],
+        "audit shipper": [],
+        "PostgreSQL": [],
+        "Redis": [],
+        "gateway": [gw_pid],
+    }
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if any(n in cmd for n in nodes) and " server " in cmd:
+            out["OpenBao nodes"].append(int(entry.name))
+        elif str(s.shipper_config) in cmd:
+            out["audit shipper"].append(int(entry.name))
+        elif comm == "postgres":
+            out["PostgreSQL"].append(int(entry.name))
+        elif comm == "redis-server":
+            out["Redis"].append(int(entry.name))
+    return out
+
+
+def _snapshot(groups: dict[str, list[int]]) -> dict[str, float]:
+    snap = {name: sum(_proc_cpu(p) for p in pids) for name, pids in groups.items()}
+    snap["load generator"] = time.process_time()
+    snap["whole machine"] = _machine_cpu()
+    return snap
+
+
+def _load(
+    worker: Worker, n: int, groups: Callable[[], dict[str, list[int]]]
+) -> tuple[list[float], float, dict[str, float]]:
+    """Latencies, calls/s and CPU seconds per part (``_snapshot``): timed loops only.
+
+    Three barrier phases: set-up done (first call, DB user), loops done, CPU read.
+    Workers end their sessions only after the third, so no process whose CPU is
+    counted exits inside the window.
     """
     out: list[list[float]] = [[] for _ in range(n)]
-    gate = threading.Barrier(n + 1, timeout=300)  # setup done / loops done
+    gate = threading.Barrier(n + 1, timeout=300)
 
     def run(i: int) -> None:
         try:
@@ -85,17 +137,17 @@ def _load(worker: Worker, n: int, gw_pid: int | None) -> tuple[list[float], floa
         t.start()
     try:
         gate.wait()
-        g0 = _proc_cpu(gw_pid) if gw_pid else 0.0
-        c0, t0 = time.process_time(), time.perf_counter()
+        procs = groups()
+        before, t0 = _snapshot(procs), time.perf_counter()
         gate.wait()
         wall = time.perf_counter() - t0
-        cpu = time.process_time() - c0
-        gw_cpu = _proc_cpu(gw_pid) - g0 if gw_pid else 0.0
+        after = _snapshot(procs)
+        gate.wait()
     finally:
         for t in threads:
             t.join()
     lat = [x for xs in out for x in xs]
-    return lat, len(lat) / wall, cpu, gw_cpu
+    return lat, len(lat) / wall, {k: after[k] - before[k] for k in after}
 
 
 def run() -> str:
@@ -182,6 +234,7 @@ def _measure(
                     post(conn, "/v1/tools/sql.query", body, h)
                     lat.append(time.perf_counter() - t0)
                 gate.wait()
+                gate.wait()
                 conn.request("DELETE", f"/v1/sessions/{session_id(token)}", headers=h)
                 conn.getresponse().read()
             finally:
@@ -217,6 +270,7 @@ def _measure(
                         db.execute("SELECT 1").fetchall()
                         lat.append(time.perf_counter() - t0)
                     gate.wait()
+                    gate.wait()
             finally:
                 conn.close()
             return lat
@@ -228,16 +282,16 @@ def _measure(
     for _ in range(REPS):
         for n, calls in ((1, CALLS_1), (8, CALLS_8)):
             for name, make in paths:
-                pid = gw_pid if make is gateway_worker else None
-                lat, tput, client_cpu, gw_cpu = _load(make(calls), n, pid)
+                lat, tput, cpu = _load(make(calls), n, lambda: _groups(s, gw_pid))
+                if make is raw_worker:
+                    cpu["gateway"] = 0.0  # idle, not part of this path
                 runs.setdefault((name, n), []).append(
                     {
                         "p50": _pct(lat, 50),
                         "p99": _pct(lat, 99),
                         "tput": tput,
-                        "client": client_cpu / len(lat) * 1000,
-                        "gw": gw_cpu / len(lat) * 1000,
                         "calls": len(lat),
+                        **{f"cpu:{k}": v / len(lat) * 1000 for k, v in cpu.items()},
                     }
                 )
 
@@ -248,12 +302,24 @@ def _measure(
     rows = []
     for n in (1, 8):
         for name in (raw, gw):
-            gw_col = f"{med(name, n, 'gw'):.2f}" if name == gw else "—"
             rows.append(
                 f"| {name} | {n} | {med(name, n, 'calls'):.0f} | {med(name, n, 'p50'):.2f} "
-                f"| {med(name, n, 'p99'):.2f} | {med(name, n, 'tput'):.0f} "
-                f"| {med(name, n, 'client'):.2f} | {gw_col} |"
+                f"| {med(name, n, 'p99'):.2f} | {med(name, n, 'tput'):.0f} |"
             )
+    parts = [
+        "whole machine",
+        "OpenBao nodes",
+        "audit shipper",
+        "gateway",
+        "Redis",
+        "PostgreSQL",
+        "load generator",
+    ]
+    cpu_rows = []
+    for n in (1, 8):
+        for name in (raw, gw):
+            cells = " | ".join(f"{med(name, n, 'cpu:' + k):.2f}" for k in parts)
+            cpu_rows.append(f"| {name} | {n} | {cells} |")
     d_p50 = [g["p50"] - r["p50"] for r, g in zip(runs[(raw, 1)], runs[(gw, 1)], strict=True)]
     ratio = [g["tput"] / r["tput"] for r, g in zip(runs[(raw, 8)], runs[(gw, 8)], strict=True)]
 
@@ -282,6 +348,7 @@ def _measure(
                     break
                 time.sleep(0.002)
             ends.append(time.perf_counter() - t0)
+    spacing = _spacing(s, ca, jwt)
     return "\n".join(
         [
             "## Gateway",
@@ -289,12 +356,10 @@ def _measure(
             "`sql.query SELECT 1` on a warm session through one gateway process vs the raw floor",
             "(batch JWT login + the same query on an open psycopg connection), same run, both",
             "through a kept-alive standard-library `http.client` connection per worker. Medians of",
-            f"{REPS} interleaved repetitions; CPU columns are per call: the load generator's own",
-            "(client) and the gateway process's (all threads):",
+            f"{REPS} interleaved repetitions:",
             "",
-            "| path | sessions | calls | p50 ms | p99 ms | calls/s | client CPU ms "
-            "| gateway CPU ms |",
-            "|---|---|---|---|---|---|---|---|",
+            "| path | sessions | calls | p50 ms | p99 ms | calls/s |",
+            "|---|---|---|---|---|---|",
             *rows,
             "",
             f"p50 above raw at 1 session, per repetition: "
@@ -302,14 +367,88 @@ def _measure(
             " target ≤ +1.5).",
             f"8-session throughput vs raw, per repetition: "
             f"{', '.join(f'{x * 100:.0f} %' for x in ratio)} "
-            f"(median {statistics.median(ratio) * 100:.0f} %; target ≥ 70 %). "
-            'ADR 0005 "Performance" says where the CPU goes.',
+            f"(median {statistics.median(ratio) * 100:.0f} %; target ≥ 70 %).",
+            "",
+            "CPU per call (ms) in the same windows, by part: `/proc` counters of the stack's",
+            "OpenBao nodes and audit shipper, every PostgreSQL and Redis process, the gateway",
+            "process (0 on the raw path: it is idle there), this load generator, and the whole",
+            "machine (`/proc/stat`, every process, both cores). Throughput at 8 sessions is bound",
+            "by the whole machine's CPU per call:",
+            "",
+            "| path | sessions | " + " | ".join(parts) + " |",
+            "|---|---|" + "---|" * len(parts),
+            *cpu_rows,
+            "",
+            *spacing,
+            "",
+            'ADR 0005 "Performance" reads these tables.',
             "",
             f"Session end → DB role gone and connections terminated, {len(ends)} sessions: "
             f"p50 {_pct(ends, 50):.1f} ms, p99 {_pct(ends, 99):.1f} ms, "
             f"median {statistics.median(ends) * 1000:.1f} ms.",
         ]
     )
+
+
+def _spacing(s: StackSettings, ca: ssl.SSLContext, jwt: Callable[[str], str]) -> list[str]:
+    """OpenBao's CPU per batch login, back to back vs with a pause between a client's logins.
+
+    The gateway puts its own work between two logins of a session; this measures
+    what spacing alone (a sleep, no CPU) does to OpenBao's CPU per login.
+    """
+    groups = {"OpenBao nodes": _groups(s, 0)["OpenBao nodes"]}
+    logins = 300
+    idle0 = _snapshot(groups)["OpenBao nodes"]
+    time.sleep(3)
+    idle = (_snapshot(groups)["OpenBao nodes"] - idle0) / 3
+    results: dict[tuple[int, float], list[tuple[float, float]]] = {}
+
+    def client(gap: float) -> None:
+        body = json.dumps({"role": ROLE, "jwt": jwt(f"sp-{time.monotonic_ns() % 10**8}")})
+        h = {"Content-Type": "application/json"}
+        conn = _bao_conn(s, ca, body.encode(), h)
+        try:
+            for _ in range(logins):
+                conn.request("POST", "/v1/auth/sessions/login", body.encode(), h)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"login: HTTP {resp.status}")
+                if gap:
+                    time.sleep(gap)
+        finally:
+            conn.close()
+
+    for _ in range(REPS):
+        for clients in (1, 4):
+            for gap in (0.0, 0.002):
+                threads = [threading.Thread(target=client, args=(gap,)) for _ in range(clients)]
+                c0, t0 = _snapshot(groups)["OpenBao nodes"], time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                wall = time.perf_counter() - t0
+                cpu = _snapshot(groups)["OpenBao nodes"] - c0
+                n = clients * logins
+                results.setdefault((clients, gap), []).append((n / wall, cpu / n * 1000))
+    rows = []
+    for (clients, gap), rs in sorted(results.items()):
+        rate = statistics.median(r[0] for r in rs)
+        rows.append(
+            f"| {clients} | {gap * 1000:.0f} ms | {rate:.0f} "
+            f"| {statistics.median(r[1] for r in rs):.2f} | {idle / rate * 1000:.2f} |"
+        )
+    return [
+        "OpenBao's CPU per batch login is not a constant. The same logins, back to back or",
+        "with a 2 ms sleep between a client's logins (the time a gateway spends between two",
+        f"logins of a session), {logins} per client, medians of {REPS} repetitions; OpenBao's",
+        f"background CPU with no requests was {idle:.3f} cores:",
+        "",
+        "| clients | pause | logins/s | OpenBao CPU per login ms | of which idle background |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _bao_conn(

@@ -186,6 +186,37 @@ def test_tool_call_returns_sql_result_and_reuses_session_user(env: Env) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_timeout")
 
 
+def _row(env: Env, jwt: str, text: str) -> list[Any]:
+    r = env.sql(env.a.url, jwt, text)
+    assert r.status_code == 200, r.text
+    return list(r.json()["result"]["rows"][0])
+
+
+def test_sql_session_state_does_not_outlive_a_call(env: Env) -> None:
+    """A hostile SET is undone by the next call on the same connection, and a BEGIN
+    does not carry a transaction (or its locks) into the next call."""
+    jwt = env.jwt("acme", "stateful")
+    (pid,) = _row(env, jwt, "SELECT pg_backend_pid()")
+    assert env.sql(env.a.url, jwt, "SET statement_timeout = 0").status_code == 200
+    assert _row(env, jwt, "SELECT pg_backend_pid(), current_setting('statement_timeout')") == [
+        pid,
+        "300ms",
+    ]
+    r = env.sql(env.a.url, jwt, "SELECT pg_sleep(5)")
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_timeout")
+    # BEGIN leaves the connection in a transaction: it is closed (rolled back), not reused.
+    (pid,) = _row(env, jwt, "SELECT pg_backend_pid()")
+    assert env.sql(env.a.url, jwt, "BEGIN").status_code == 200
+    # The next call is on a new connection, and the one left in a transaction is closed.
+    (pid2,) = _row(env, jwt, "SELECT pg_backend_pid()")
+    assert pid2 != pid
+    with _superuser() as su:
+        deadline = time.monotonic() + 5
+        while su.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
+            assert time.monotonic() < deadline, "the connection left in a transaction stayed"
+            time.sleep(0.01)
+
+
 def test_cross_tenant_refused(env: Env) -> None:
     jwt = env.jwt("acme", "spy")
     # The database layer: no privilege on the other tenant's schema (a query that

@@ -553,6 +553,10 @@ def test_mariadb_query_limits_cross_tenant_and_user_gone_after_session_end(env: 
     assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_error")
     r = q("SELECT COUNT(*) FROM seq_1_to_100000 a, seq_1_to_100000 b WHERE a.seq + b.seq = 7")
     assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_timeout")
+    # A BEGIN does not carry its transaction into the next call: that connection is closed.
+    conn_id = q("SELECT CONNECTION_ID()").json()["result"]["rows"][0][0]
+    assert q("BEGIN").status_code == 200
+    assert q("SELECT CONNECTION_ID()").json()["result"]["rows"][0][0] != conn_id
     r = q("SELECT CURRENT_USER()")
     user = str(r.json()["result"]["rows"][0][0]).split("@")[0]
     assert user.startswith(env.maria.user_prefix)

@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 
 import pymysql
 import pymysql.cursors
-from pymysql.constants import CLIENT
+from pymysql.constants import CLIENT, SERVER_STATUS
 
 from clawql_secrets.gateway.config import MariaDBTarget, SQLLimits
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
@@ -35,7 +35,12 @@ _GONE = {2003, 2006, 2013, 1927, 4031}
 
 class MariaDBPool(SessionPool[Conn]):
     def __init__(self, connect: Callable[[], Conn], size: int, user: str) -> None:
-        super().__init__(connect, size, user, lambda c: bool(c.open))
+        super().__init__(connect, size, user, _reusable)
+
+
+def _reusable(conn: Conn) -> bool:
+    """Open and outside any transaction: a ``BEGIN`` does not outlive its call."""
+    return bool(conn.open) and not conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS
 
 
 def open_pool(ctx: ToolContext, target: MariaDBTarget) -> MariaDBPool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
@@ -60,37 +61,65 @@ class SessionPool(Generic[C]):
         finally:
             self._release(conn, ok and self._usable(conn))
 
+    # Hooks for a subclass: ``_park`` runs on a reusable connection as it goes idle (an
+    # exception closes it instead); ``_take`` on an idle one as it is taken (False closes
+    # it, and the pool takes or opens another).
+    def _park(self, conn: C) -> None:
+        return None
+
+    def _take(self, conn: C) -> bool:
+        return True
+
     def _acquire(self, timeout: float) -> C:
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise BackendUnavailable("session_closed", "this session's pool is closed")
-                if self._idle:
-                    return self._idle.popleft()
-                if self._count < self._size:
-                    self._count += 1
-                    break
-                if not self._cond.wait(timeout):
-                    raise BackendUnavailable(
-                        "pool_exhausted", "too many concurrent calls for this session"
-                    )
-        try:
-            return self._connect()
-        except BaseException:
+        deadline = time.monotonic() + timeout
+        while True:
+            conn: C | None = None
             with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            raise
+                while True:
+                    if self._closed:
+                        raise BackendUnavailable("session_closed", "this session's pool is closed")
+                    if self._idle:
+                        conn = self._idle.popleft()
+                        break
+                    if self._count < self._size:
+                        self._count += 1
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._cond.wait(left):
+                        raise BackendUnavailable(
+                            "pool_exhausted", "too many concurrent calls for this session"
+                        )
+            if conn is None:
+                try:
+                    return self._connect()
+                except BaseException:
+                    self._forget(None)
+                    raise
+            if self._take(conn):
+                return conn
+            self._forget(conn)
+
+    def _forget(self, conn: C | None) -> None:
+        """One connection less: ``conn`` (if any) closed, its slot free for another."""
+        with self._cond:
+            self._count -= 1
+            self._cond.notify()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _release(self, conn: C, reusable: bool) -> None:
+        if reusable:
+            try:
+                self._park(conn)
+            except Exception:
+                reusable = False
         with self._cond:
             if reusable and not self._closed:
                 self._idle.append(conn)
-            else:
-                self._count -= 1
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._cond.notify()
+                self._cond.notify()
+                return
+        self._forget(conn)
 
     def close(self) -> None:
         with self._cond:
