@@ -51,7 +51,7 @@ from tests.gateway import live, openbao_setup
 ROLE = "analyst"
 CALLS_1 = 300
 CALLS_8 = 80  # per session
-REPS = 3
+REPS = 5
 END_SESSIONS = 100
 _TICK = os.sysconf("SC_CLK_TCK")
 Worker = Callable[[int, threading.Barrier], list[float]]
