@@ -90,12 +90,15 @@ class PGPool(SessionPool[psycopg.Connection[Any]]):
         try:
             deadline = time.monotonic() + self._wait
             pg.consume_input()
-            while pg.is_busy():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                select.select([pg.socket], [], [], left)
-                pg.consume_input()
+            if pg.is_busy():  # rare: the answer has not arrived yet; poll has no fd limit
+                poller = select.poll()
+                poller.register(pg.socket, select.POLLIN)
+                while pg.is_busy():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    poller.poll(left * 1000)
+                    pg.consume_input()
             while (res := pg.get_result()) is not None:
                 ok = ok and res.status == pq.ExecStatus.COMMAND_OK
         except psycopg.Error:
