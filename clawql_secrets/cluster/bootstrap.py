@@ -7,10 +7,10 @@ Order matters and is the point of this module:
 2. Each recovery share is encrypted at once to one holder's age public key and
    written; the clear shares are dropped.
 3. With the initial root token (memory only, never on disk): tune autopilot,
-   enable KV v2, the ``workload`` JWT auth mount trusting the platform's
-   workload issuer, and the service identities (operator, break-glass,
-   provisioner, approval controller, gateway, secrets writer), each a role bound
-   to one subject.
+   enable KV v2 keeping one version per key, the ``workload`` JWT auth mount
+   trusting the platform's workload issuer, and the service identities
+   (operator, break-glass, provisioner, approval controller, gateway, secrets
+   writer), each a role bound to one subject.
 4. Revoke the root token. From here on every identity comes from a JWT login.
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clawql_secrets import holders
+from clawql_secrets.cluster import kv
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.issuer import LocalIssuer
@@ -114,6 +115,8 @@ path "pki_int/issuer/+/sign-verbatim*" { capabilities = ["deny"] }
 path "identity/oidc/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "identity/oidc/token/*" { capabilities = ["deny"] }
 path "secret/metadata/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+# The KV mount's max_versions (one: a rotated secret keeps no older version).
+path "secret/config" { capabilities = ["read", "update"] }
 path "sys/policies/acl/*" { capabilities = ["read", "list"] }
 # The service identities' own mount and the change-control records are not provisioned.
 path "auth/workload/*" { capabilities = ["deny"] }
@@ -293,7 +296,9 @@ def _configure(client: OpenBaoClient, root: str, issuer: LocalIssuer) -> None:
         "sys/storage/raft/autopilot/configuration",
         {"server_stabilization_time": "2s", "cleanup_dead_servers": False},
     )
-    w("sys/mounts/secret", {"type": "kv", "options": {"version": "2"}})
+    w(f"sys/mounts/{kv.KV_MOUNT}", {"type": "kv", "options": {"version": "2"}})
+    # Safe before any apply: a put permanently deletes the value it replaces.
+    kv.write_config(client, root, {"max_versions": kv.KV_MAX_VERSIONS})
     w("sys/auth/" + WORKLOAD_MOUNT, {"type": "jwt", "description": "platform workload identities"})
     w(
         f"auth/{WORKLOAD_MOUNT}/config",

@@ -14,12 +14,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from clawql_secrets.cluster import kv
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import ConfigError, OpenBaoError
 from clawql_secrets.provision import diff as diffmod
 from clawql_secrets.provision.model import DesiredState
 from clawql_secrets.provision.render import (
     DB_MOUNT,
+    KV_MOUNT,
     PKI_INT,
     PKI_ROOT,
     Obj,
@@ -136,13 +138,31 @@ class Provisioner:
             data = self._get(obj.path)
             present = bool(data and str(data.get("certificate") or "").strip())
             return {"present": True} if present else None
-        data = self._get(obj.path)
+        if obj.kind == "kv-config" and f"{KV_MOUNT}/" not in mounts:
+            return None
+        data = self._kv_config(obj.path) if obj.kind == "kv-config" else self._get(obj.path)
         if data is None:
             return None
         if obj.kind == "db-connection":
             details = data.get("connection_details") or {}
             data = {**data, **{k: details.get(k) for k in ("connection_url", "username")}}
         return {k: normalise(k, data.get(k)) for k in obj.compare}
+
+    def _kv_config(self, path: str) -> Mapping[str, Any] | None:
+        try:
+            return self._get(path)
+        except OpenBaoError as exc:
+            if exc.status != 403:
+                raise
+            # Clusters initialised before the provisioner's policy named this path.
+            raise ConfigError(
+                f"the provisioner may not read {path}, so it cannot make sure the "
+                "KV mount keeps no older version of a rotated secret",
+                fix="start a new stack (`clawql-secrets up --data-dir NEW`), or add "
+                f'`path "{path}" {{ capabilities = ["read", "update"] }}` to the '
+                "clawql-provisioner policy (cluster/bootstrap.py PROVISIONER) with "
+                "`clawql-secrets break-glass root-token`",
+            ) from exc
 
     # -- planning ---------------------------------------------------------------
     def plan(self, state: DesiredState) -> tuple[list[Obj], diffmod.Plan]:
@@ -225,6 +245,9 @@ class Provisioner:
             self._w(obj.path, {**body, "description": "ClawQL agent sessions"})
         elif obj.kind == "mount":
             self._w(obj.path, body)
+        elif obj.kind == "kv-config":
+            # The KV mount may have been enabled a moment ago by this same apply.
+            kv.write_config(self.client, self._token, body)
         elif obj.kind == "db-connection":
             name = obj.path.rsplit("/", 1)[1]
             db = state.database(name)

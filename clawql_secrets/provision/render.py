@@ -18,13 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from clawql_secrets.cluster.kv import KV_MAX_VERSIONS as KV_MAX_VERSIONS
+from clawql_secrets.cluster.kv import KV_MOUNT as KV_MOUNT
 from clawql_secrets.provision.model import AgentRole, Database, DesiredState
 
 ACCESSOR_PLACEHOLDER = "<accessor-of-agents-mount>"
 DB_MOUNT = "database"
 PKI_ROOT = "pki"
 PKI_INT = "pki_int"
-KV_MOUNT = "secret"
 # Every role on the mount maps the same claims: alias metadata is last-login-wins,
 # so one role without a mapping would wipe ``tenant`` for every token of the entity.
 CLAIM_MAPPINGS = {"tenant": "tenant", "agent": "agent", "agent_role": "agent_role"}
@@ -33,6 +34,7 @@ CLAIM_MAPPINGS = {"tenant": "tenant", "agent": "agent", "agent_role": "agent_rol
 ORDER = (
     "auth-mount",
     "mount",
+    "kv-config",
     "jwt-config",
     "jwt-role",
     "pki-root-ca",
@@ -180,7 +182,8 @@ def render(state: DesiredState, accessor: str | None = None) -> list[Obj]:
     out.append(_obj("jwt-config", f"auth/{si.mount}/config", cfg))
     for role in state.roles:
         out.append(_obj("jwt-role", f"auth/{si.mount}/role/{role.name}", _jwt_role(state, role)))
-    # KV v2 for injected secrets (bootstrap creates it; we only insist on its type).
+    # KV v2 for injected secrets (bootstrap creates it; we insist on its type and
+    # on keeping no older version of any secret).
     out.append(
         _obj(
             "mount",
@@ -189,6 +192,7 @@ def render(state: DesiredState, accessor: str | None = None) -> list[Obj]:
             create_only=True,
         )
     )
+    out.append(_obj("kv-config", f"{KV_MOUNT}/config", {"max_versions": KV_MAX_VERSIONS}))
     # Database engine.
     if state.databases:
         out.append(_obj("mount", f"sys/mounts/{DB_MOUNT}", {"type": "database"}, create_only=True))

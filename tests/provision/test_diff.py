@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from clawql_secrets.provision import loader
 from clawql_secrets.provision.diff import LiveState, diff
-from clawql_secrets.provision.render import CLAIM_MAPPINGS, render
+from clawql_secrets.provision.render import CLAIM_MAPPINGS, KV_MAX_VERSIONS, KV_MOUNT, render
 from tests.provision.conftest import valid_yaml
 
 
@@ -57,6 +57,30 @@ def test_mount_of_another_type_is_refused_not_replaced() -> None:
     objects["sys/mounts/database"] = {"type": "kv"}
     plan = diff(desired, LiveState(objects))
     assert [c.action for c in plan.changes] == ["replace-refused"]
+
+
+def test_kv_mount_keeps_one_version_and_is_configured_after_it_exists() -> None:
+    desired = _desired()
+    paths = [o.path for o in desired]
+    (cfg,) = [o for o in desired if o.kind == "kv-config"]
+    assert KV_MAX_VERSIONS == 1
+    assert cfg.path == f"{KV_MOUNT}/config"
+    assert dict(cfg.body) == dict(cfg.compare) == {"max_versions": 1}
+    assert not cfg.create_only
+    assert paths.index(f"sys/mounts/{KV_MOUNT}") < paths.index(cfg.path)
+
+
+def test_kv_mount_keeping_older_versions_is_updated() -> None:
+    # 0 is what OpenBao reports on a mount never configured (it then keeps 10).
+    desired = _desired()
+    for live_value in (0, 10):
+        objects = dict(_live_from(desired).objects)
+        objects[f"{KV_MOUNT}/config"] = {"max_versions": live_value}
+        (change,) = diff(desired, LiveState(objects)).changes
+        assert (change.action, change.path) == ("update", f"{KV_MOUNT}/config")
+        assert [(f.name, f.live, f.desired) for f in change.fields] == [
+            ("max_versions", live_value, 1)
+        ]
 
 
 def test_every_jwt_role_has_the_same_claim_mappings_and_unique_user_claim() -> None:

@@ -68,6 +68,23 @@ def test_writer_stores_new_versions_it_cannot_read_back(
         client.request("POST", "auth/token/revoke-self", token=token)
 
 
+def test_a_stack_that_never_ran_apply_keeps_no_older_version(
+    live_stack: StackSettings, bao: tuple[OpenBaoClient, LocalIssuer]
+) -> None:
+    """Bootstrap itself configures the KV mount: no ``provision apply`` runs here."""
+    client, issuer = bao
+    ref = AgentSecretRef("acme", "bot-r", "api_key")
+    agent_secrets.put_on_stack(live_stack, ref, _value())
+    assert agent_secrets.put_on_stack(live_stack, ref, _value()) == 2
+    token = bootstrap.login(client, issuer, bootstrap.PROVISIONER)
+    try:
+        assert client.read("secret/config", token=token)["data"]["max_versions"] == 1
+        meta = client.read(ref.path.replace("/data/", "/metadata/", 1), token=token)["data"]
+        assert (meta["oldest_version"], list(meta["versions"])) == (2, ["2"])
+    finally:
+        client.request("POST", "auth/token/revoke-self", token=token)
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [

@@ -10,23 +10,26 @@ import secrets
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 import pymysql
 import pytest
 
 from clawql_secrets.cluster import bootstrap, stack
 from clawql_secrets.cluster.client import OpenBaoClient
-from clawql_secrets.cluster.layout import StackSettings
+from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 from clawql_secrets.issuer import LocalIssuer
 from clawql_secrets.policy import generate
 from clawql_secrets.policy.binding import bind_agent_roles
-from clawql_secrets.provision import loader
+from clawql_secrets.provision import agent_secrets, loader
+from clawql_secrets.provision.agent_secrets import AgentSecretRef
 from clawql_secrets.provision.live import Provisioner
 from clawql_secrets.provision.model import DesiredState
 
@@ -219,11 +222,18 @@ def test_hand_made_drift_shows_in_plan_and_apply_repairs_it(env: Env) -> None:
         {"db_name": "pg", "creation_statements": ["SELECT 1"]},
         token=token,
     )
+    # Keeping older versions again (10 is OpenBao's default) is drift too.
+    env.client.write("secret/config", {"max_versions": 10}, token=token)
     _, plan = env.prov.plan(env.state)
     got = {(c.action, c.path) for c in plan.changes}
-    assert got == {("update", "auth/agents/role/analyst"), ("delete", "database/roles/stray-role")}
+    assert got == {
+        ("update", "auth/agents/role/analyst"),
+        ("delete", "database/roles/stray-role"),
+        ("update", "secret/config"),
+    }
     env.prov.apply(env.state, env={})
     assert not env.prov.plan(env.state)[1].pending
+    assert env.client.read("secret/config", token=token)["data"]["max_versions"] == 1
 
 
 def _agent_token(e: Env, tenant: str, agent: str, role: str) -> str:
@@ -278,6 +288,55 @@ def _policies(e: Env, tenant: str, agent: str, role: str) -> list[str]:
     resp = e.client.request("POST", "auth/agents/login", body={"role": role, "jwt": jwt}, token="")
     e.client.request("POST", "auth/token/revoke-self", token=resp["auth"]["client_token"])
     return list(resp["auth"]["policies"])
+
+
+def _raw_get(settings: StackSettings, path: str, token: str) -> httpx.Response:
+    """The whole answer, not the client's error: what a caller of OpenBao would see."""
+    ctx = ssl.create_default_context(cafile=str(settings.node_ca_dir / "ca.pem"))
+    with httpx.Client(verify=ctx, trust_env=False, timeout=10) as raw:
+        return raw.get(
+            f"{settings.api_addr(NODE_IDS[0])}/v1/{path}", headers={"X-Vault-Token": token}
+        )
+
+
+def test_rotated_agent_secret_keeps_no_older_version(
+    live_stack: StackSettings, env: Env, policies_applied: None
+) -> None:
+    """Regression: after a rotation the agent's token still read the leaked value
+    with ``?version=1`` (the KV mount kept 10 versions per key)."""
+    ref = AgentSecretRef(ACME, "a1", "api_key")
+    meta_path = ref.path.replace("/data/", "/metadata/", 1)
+    leaked, rotated = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    writer = agent_secrets.writer_login(env.client, env.issuer)
+    try:
+        assert agent_secrets.put(env.client, writer, ref, leaked) == 1
+        assert agent_secrets.put(env.client, writer, ref, rotated) == 2
+    finally:
+        env.client.request("POST", "auth/token/revoke-self", token=writer)
+    token = _agent_token(env, ACME, "a1", "analyst")
+    try:
+        latest = _raw_get(live_stack, ref.path, token)
+        assert latest.status_code == 200
+        assert latest.json()["data"]["data"] == {"value": rotated}
+        old = _raw_get(live_stack, ref.path + "?version=1", token)
+        # (No response text in assertion messages: it could hold the canary.)
+        assert old.status_code == 404, old.status_code
+        assert not (old.json().get("data") or {}).get("data")
+        for resp in (latest, old, _raw_get(live_stack, ref.path + "?version=0", token)):
+            assert leaked not in resp.text
+    finally:
+        env.client.request("POST", "auth/token/revoke-self", token=token)
+    # Destroyed, not hidden: the metadata lists the current version only.
+    prov = bootstrap.login(env.client, env.issuer, bootstrap.PROVISIONER)
+    meta = _raw_get(live_stack, meta_path, prov)
+    env.client.request("POST", "auth/token/revoke-self", token=prov)
+    assert leaked not in meta.text
+    data = meta.json()["data"]
+    assert (data["current_version"], data["oldest_version"], list(data["versions"])) == (
+        2,
+        2,
+        ["2"],
+    )
 
 
 def test_pg_creds_read_own_schema_only_and_revocation_drops_and_terminates(
