@@ -114,7 +114,11 @@ path "pki/issuer/+/sign-verbatim*" { capabilities = ["deny"] }
 path "pki_int/issuer/+/sign-verbatim*" { capabilities = ["deny"] }
 path "identity/oidc/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "identity/oidc/token/*" { capabilities = ["deny"] }
-path "secret/metadata/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+# A key's own max_versions would override the mount's upwards: not the provisioner's to set.
+path "secret/metadata/*" {
+  capabilities = ["create", "read", "update", "delete", "list"]
+  denied_parameters = { "max_versions" = [] }
+}
 # The KV mount's max_versions (one: a rotated secret keeps no older version).
 path "secret/config" { capabilities = ["read", "update"] }
 path "sys/policies/acl/*" { capabilities = ["read", "list"] }

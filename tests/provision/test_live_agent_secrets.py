@@ -85,6 +85,26 @@ def test_a_stack_that_never_ran_apply_keeps_no_older_version(
         client.request("POST", "auth/token/revoke-self", token=token)
 
 
+def test_the_provisioner_cannot_raise_a_keys_version_limit(
+    bao: tuple[OpenBaoClient, LocalIssuer],
+) -> None:
+    """A key's own ``max_versions`` overrides the mount's upwards; the provisioner, which
+    manages KV metadata, may not set it (and may still write other metadata)."""
+    client, issuer = bao
+    ref = AgentSecretRef("acme", "bot-m", "api_key")
+    meta = ref.path.replace("/data/", "/metadata/", 1)
+    token = bootstrap.login(client, issuer, bootstrap.PROVISIONER)
+    try:
+        with pytest.raises(OpenBaoError) as exc:
+            client.write(meta, {"max_versions": 5}, token=token)
+        assert exc.value.status == 403
+        client.write(meta, {"custom_metadata": {"owner": "acme"}}, token=token)
+        got = client.read(meta, token=token)["data"]
+        assert (got["max_versions"], got["custom_metadata"]) == (0, {"owner": "acme"})
+    finally:
+        client.request("POST", "auth/token/revoke-self", token=token)
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
