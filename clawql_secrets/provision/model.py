@@ -15,11 +15,13 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -32,6 +34,39 @@ HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.:-]{1,253}$")]
 Url = Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.:/_-]{1,400}$")]
 Audience = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.:/_-]{1,200}$")]
 CommonName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 .,_-]{1,64}$")]
+
+_DNS_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+# spiffe:// or https://, a host, an optional plain path: no query, no template,
+# no glob character (OpenBao matches allowed_uri_sans as globs).
+_URI_SAN_RE = re.compile(r"(spiffe|https)://" + _DNS_RE.pattern + r"(/[A-Za-z0-9._~-]+)*")
+
+
+def dns_name(value: str) -> str:
+    """A certificate DNS name matched exactly: no wildcard, no IP address."""
+    if "*" in value:
+        raise ValueError("no wildcard: a service's certificate names are matched exactly")
+    if len(value) > 253 or not _DNS_RE.fullmatch(value) or value.rsplit(".", 1)[-1].isdigit():
+        raise ValueError("a lower-case DNS name such as orders.svc.example (not an IP address)")
+    return value
+
+
+def uri_san(value: str) -> str:
+    if "*" in value:
+        raise ValueError("no wildcard: a service's certificate names are matched exactly")
+    if len(value) > 400 or not _URI_SAN_RE.fullmatch(value):
+        raise ValueError(
+            "a spiffe:// or https:// URI with a lower-case host and a plain path "
+            "(no query, fragment or placeholder), such as spiffe://example/svc/orders"
+        )
+    return value
+
+
+DnsName = Annotated[str, AfterValidator(dns_name)]
+UriSan = Annotated[str, AfterValidator(uri_san)]
+
+# The services' PKI roles are svc-<service>: the certificate renewer may sign for
+# every role with this prefix (cluster/bootstrap.py CERTS_RENEWER).
+SERVICE_ROLE_PREFIX = "svc-"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_APPROVAL_THRESHOLD = 2
@@ -147,6 +182,38 @@ class Pki(_Strict):
     client_max_ttl: Duration = 900
 
 
+class Service(_Strict):
+    """An internal service with mTLS certificates: the names its PKI role allows."""
+
+    name: Name
+    common_name: DnsName
+    dns_sans: tuple[DnsName, ...] = ()
+    uri_sans: tuple[UriSan, ...] = ()
+    # The renewer's bounds (certs/config.py): at least 10 s, at most a day.
+    ttl: Annotated[Duration, Field(ge=10, le=86400)] = 900
+
+    @field_validator("common_name")
+    @classmethod
+    def _short_common_name(cls, v: str) -> str:
+        if len(v) > 64:
+            raise ValueError("at most 64 characters (X.509's limit for a common name)")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _no_underscore(cls, v: str) -> str:
+        if "_" in v:
+            raise ValueError(
+                f"no '_' in a service name: certs.yaml names the role {SERVICE_ROLE_PREFIX}{v} "
+                "as pki_role, which allows only [a-z0-9-]"
+            )
+        return v
+
+    @property
+    def pki_role(self) -> str:
+        return f"{SERVICE_ROLE_PREFIX}{self.name}"
+
+
 class CloudRole(_Strict):
     name: Name
     audience: Audience
@@ -172,6 +239,7 @@ class DesiredState(_Strict):
     databases: tuple[Database, ...] = ()
     roles: tuple[AgentRole, ...] = ()
     pki: Pki | None = None
+    services: tuple[Service, ...] = ()
     cloud: Cloud | None = None
     approvals: Approvals
 
@@ -267,8 +335,30 @@ def cross_check(s: DesiredState) -> list[tuple[str, str]]:
                 )
         if r.cert_sans and s.pki is None:
             out.append((f"roles.{i}.cert_sans", "cert_sans need a pki section"))
+        if r.cert_sans:
+            for j, tn in enumerate(r.tenants):
+                # Its PKI roles would be svc-<role>: signable by the certificate renewer.
+                if f"{tn}-".startswith(SERVICE_ROLE_PREFIX):
+                    out.append(
+                        (
+                            f"roles.{i}.tenants.{j}",
+                            f"tenant {tn!r} cannot have client certificates: its PKI roles "
+                            f"would be named {SERVICE_ROLE_PREFIX}*, which the certificate "
+                            "renewer may sign for",
+                        )
+                    )
         if r.cloud_role is not None and r.cloud_role not in cloud_roles:
             out.append((f"roles.{i}.cloud_role", f"unknown cloud role {r.cloud_role!r}"))
+    for i, n in _dupes([v.name for v in s.services]).items():
+        out.append((f"services.{i}.name", f"duplicate service {n!r}"))
+    if s.services and s.pki is None:
+        out.append(("services", "services need a pki section"))
+    # One service's certificate must not be able to pass as another's.
+    claimed: dict[str, str] = {}
+    for i, v in enumerate(s.services):
+        for san in dict.fromkeys((v.common_name, *v.dns_sans, *v.uri_sans)):
+            if claimed.setdefault(san, v.name) != v.name:
+                out.append((f"services.{i}", f"{san!r} is already a name of {claimed[san]!r}"))
     if s.cloud:
         for i, n in _dupes([c.name for c in s.cloud.roles]).items():
             out.append((f"cloud.roles.{i}.name", f"duplicate cloud role {n!r}"))

@@ -20,7 +20,7 @@ from typing import Any
 
 from clawql_secrets.cluster.kv import KV_MAX_VERSIONS as KV_MAX_VERSIONS
 from clawql_secrets.cluster.kv import KV_MOUNT as KV_MOUNT
-from clawql_secrets.provision.model import AgentRole, Database, DesiredState
+from clawql_secrets.provision.model import AgentRole, Database, DesiredState, Service
 
 ACCESSOR_PLACEHOLDER = "<accessor-of-agents-mount>"
 DB_MOUNT = "database"
@@ -48,6 +48,7 @@ ORDER = (
 )
 UNORDERED = frozenset(
     {
+        "allowed_domains",
         "bound_audiences",
         "allowed_roles",
         "allowed_client_ids",
@@ -239,7 +240,8 @@ def render(state: DesiredState, accessor: str | None = None) -> list[Obj]:
                         },
                     )
                 )
-    # PKI: root, intermediate, one client-cert role per (role, tenant).
+    # PKI: root, intermediate, one client-cert role per (role, tenant), one
+    # server+client role per internal service.
     if state.pki is not None:
         p = state.pki
         out.append(
@@ -312,6 +314,8 @@ def render(state: DesiredState, accessor: str | None = None) -> list[Obj]:
                         },
                     )
                 )
+        for svc in state.services:
+            out.append(_obj("pki-role", f"{PKI_INT}/roles/{svc.pki_role}", service_role(svc)))
     # Identity tokens for cloud federation.
     if state.cloud is not None:
         c = state.cloud
@@ -345,6 +349,34 @@ def render(state: DesiredState, accessor: str | None = None) -> list[Obj]:
                 )
             )
     return sorted(out, key=lambda o: o.order)
+
+
+def service_role(svc: Service) -> dict[str, Any]:
+    """Server and client certificates for exactly the service's names, keys made elsewhere.
+
+    Names match exactly: no subdomain, glob, wildcard, localhost or IP. The
+    certificate renewer signs CSRs with it (``pki_int/sign/svc-*``).
+    """
+    return {
+        "allowed_domains": list(dict.fromkeys((svc.common_name, *svc.dns_sans))),
+        "allow_bare_domains": True,
+        "allow_subdomains": False,
+        "allow_glob_domains": False,
+        "allow_wildcard_certificates": False,
+        "allow_any_name": False,
+        "allow_localhost": False,
+        "allow_ip_sans": False,
+        "enforce_hostnames": True,
+        "allowed_uri_sans": list(svc.uri_sans),
+        "allowed_uri_sans_template": False,
+        "server_flag": True,
+        "client_flag": True,
+        "key_type": "ec",
+        "key_bits": 256,
+        "ttl": svc.ttl,
+        "max_ttl": svc.ttl,
+        "no_store": True,
+    }
 
 
 def _jwt_role(state: DesiredState, role: AgentRole) -> dict[str, Any]:

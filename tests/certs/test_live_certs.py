@@ -5,7 +5,8 @@ Setup, with no root token (it was revoked at bootstrap), as ``provision apply``
 and ``policy apply`` would do it:
 
 - as the PROVISIONER identity: PKI root ``pki`` and intermediate ``pki_int``
-  (EC P-256), one server+client role per service (30 s certificates, no_store),
+  (EC P-256), one server+client role per service as ``apply`` renders a
+  ``services:`` entry (30 s certificates, no_store),
   and a ``certs`` JWT auth mount trusting the local workload issuer with a
   ``renewer`` role (batch tokens) — without policies, which it may not set;
 - as the APPROVAL_CONTROLLER identity: the ``certs-renewer`` policy (sign
@@ -41,6 +42,8 @@ from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.issuer import LocalIssuer
+from clawql_secrets.provision.model import Service
+from clawql_secrets.provision.render import service_role
 from clawql_secrets.tlsca import write_private
 from tests.certs.mtls import Peer, dns, spiffe
 
@@ -97,27 +100,10 @@ def _setup_openbao(client: OpenBaoClient, issuer: LocalIssuer) -> None:
         "pki_int/intermediate/set-signed",
         {"certificate": (signed.get("data") or {}).get("certificate", "")},
     )
+    # The services' roles exactly as `apply` renders a `services:` entry.
     for name in SERVICES:
-        w(
-            f"pki_int/roles/svc-{name}",
-            {
-                "allowed_domains": [dns(name)],
-                "allow_bare_domains": True,
-                "allow_subdomains": False,
-                "allow_localhost": False,
-                "allow_ip_sans": False,
-                "allowed_uri_sans": [spiffe(name)],
-                "enforce_hostnames": True,
-                "server_flag": True,
-                "client_flag": True,
-                "key_type": "ec",
-                "key_bits": 256,
-                "ttl": f"{TTL}s",
-                "max_ttl": "1h",
-                "not_before_duration": "5s",
-                "no_store": True,
-            },
-        )
+        svc = Service(name=name, common_name=dns(name), uri_sans=(spiffe(name),), ttl=TTL)
+        w(f"pki_int/roles/{svc.pki_role}", service_role(svc))
     # The renewer's identity: a JWT role on its own mount, no policy yet.
     w("sys/auth/certs", {"type": "jwt", "description": "certificate renewers"})
     w(

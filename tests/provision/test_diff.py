@@ -107,3 +107,91 @@ def test_db_role_statements_grant_only_own_schema_and_terminate_on_revoke() -> N
 def test_no_secret_in_rendered_objects() -> None:
     for o in _desired():
         assert "password" not in o.body
+
+
+SERVICES = """\
+pki: {}
+services:
+  - name: orders
+    common_name: orders.svc.clawql.internal
+    dns_sans: [orders.internal, orders.svc.clawql.internal]
+    uri_sans: [spiffe://clawql.internal/svc/orders]
+    ttl: 10m
+  - name: billing
+    common_name: billing.internal
+approvals:
+"""
+
+
+def _with_services() -> list:  # type: ignore[type-arg]
+    return render(loader.parse(valid_yaml(**{"approvals:\n": SERVICES})), "auth_jwt_123")
+
+
+def test_service_role_allows_exactly_its_names_for_server_and_client_certs() -> None:
+    roles = {o.path: o for o in _with_services() if o.path.startswith("pki_int/roles/")}
+    assert set(roles) == {"pki_int/roles/svc-orders", "pki_int/roles/svc-billing"}
+    orders = roles["pki_int/roles/svc-orders"]
+    assert orders.kind == "pki-role" and not orders.create_only
+    body = orders.body
+    assert body["allowed_domains"] == ["orders.svc.clawql.internal", "orders.internal"]
+    assert body["allowed_uri_sans"] == ["spiffe://clawql.internal/svc/orders"]
+    # Exactly those names: every way OpenBao has of allowing more is off.
+    wider = (
+        "allow_subdomains",
+        "allow_glob_domains",
+        "allow_wildcard_certificates",
+        "allow_any_name",
+        "allow_localhost",
+        "allow_ip_sans",
+        "allowed_uri_sans_template",
+    )
+    assert {k: body[k] for k in wider} == dict.fromkeys(wider, False)
+    assert body["allow_bare_domains"] is True and body["enforce_hostnames"] is True
+    # Server and client certificates, for keys made on the service's host, not stored.
+    assert (body["server_flag"], body["client_flag"], body["no_store"]) == (True, True, True)
+    assert (body["key_type"], body["key_bits"]) == ("ec", 256)
+    assert (body["ttl"], body["max_ttl"]) == (600, 600)
+    assert len(body) == len(wider) + 11
+    # Every field is compared, so a widened role is drift.
+    assert set(orders.compare) == set(orders.body)
+    billing = roles["pki_int/roles/svc-billing"]
+    assert billing.body["allowed_domains"] == ["billing.internal"]
+    assert billing.body["allowed_uri_sans"] == []
+    assert (billing.body["ttl"], billing.body["max_ttl"]) == (900, 900)
+
+
+def test_service_roles_come_after_the_pki_mounts_and_cas() -> None:
+    paths = [o.path for o in _with_services()]
+    for before in ("sys/mounts/pki", "sys/mounts/pki_int", "pki/cert/ca", "pki_int/cert/ca"):
+        assert paths.index(before) < paths.index("pki_int/roles/svc-orders")
+    plan = diff(_with_services(), LiveState({}))
+    created = [c.path for c in plan.changes]
+    assert created.index("pki_int/cert/ca") < created.index("pki_int/roles/svc-billing")
+
+
+def test_no_services_no_service_roles() -> None:
+    assert not [o for o in _desired() if o.path.startswith("pki_int/")]
+
+
+def test_service_role_names_in_another_order_are_no_drift_but_a_widened_role_is() -> None:
+    desired = _with_services()
+    objects = dict(_live_from(desired).objects)
+    path = "pki_int/roles/svc-orders"
+    live_role = dict(objects[path] or {})
+    live_role["allowed_domains"] = ["orders.internal", "orders.svc.clawql.internal"]
+    assert not diff(desired, LiveState({**objects, path: live_role})).pending
+    live_role["allow_subdomains"] = True
+    (change,) = diff(desired, LiveState({**objects, path: live_role})).changes
+    assert (change.action, change.path) == ("update", path)
+    assert [f.name for f in change.fields] == ["allow_subdomains"]
+
+
+def test_stale_service_role_is_deleted() -> None:
+    desired = _with_services()
+    listed = {
+        "pki-role": frozenset(
+            {"pki_int/roles/svc-orders", "pki_int/roles/svc-billing", "pki_int/roles/svc-gone"}
+        )
+    }
+    plan = diff(desired, LiveState(_live_from(desired).objects, listed))
+    assert [(c.action, c.path) for c in plan.changes] == [("delete", "pki_int/roles/svc-gone")]

@@ -15,6 +15,27 @@ def test_valid_example_parses() -> None:
     assert state.roles[0].max_session == 3600
 
 
+SERVICE = """\
+pki: {}
+services:
+  - name: orders
+    common_name: orders.svc.clawql.internal
+    dns_sans: [orders.internal]
+    uri_sans: [spiffe://clawql.internal/svc/orders]
+approvals:
+"""
+
+
+def _service(**replace: str) -> dict[str, str]:
+    """A replacement adding the valid ``SERVICE`` (with ``replace`` applied) to the file."""
+    text = SERVICE
+    for old, new in replace.items():
+        if old not in text:
+            raise KeyError(old)
+        text = text.replace(old, new)
+    return {"approvals:\n": text}
+
+
 # (test id, replacement in the valid file, expected text in the error)
 BAD = [
     ("malformed_yaml", {"tenants:\n": "tenants: [\n"}, "malformed YAML"),
@@ -69,6 +90,127 @@ BAD = [
         "exactly one",
     ),
     ("anchors", {"version: 1\n": "version: 1\nx: &a [1]\ny: *a\n"}, "anchors"),
+    ("service_without_pki", _service(**{"pki: {}\n": ""}), "services need a pki section"),
+    (
+        "duplicate_service",
+        _service(**{"approvals:": "  - name: orders\n    common_name: o2.internal\napprovals:"}),
+        "duplicate service",
+    ),
+    (
+        "service_name_with_underscore",
+        _service(**{"- name: orders": "- name: order_api"}),
+        "no '_' in a service name",
+    ),
+    (
+        "service_name_with_dash",
+        _service(**{"- name: orders": "- name: order-api"}),
+        "services.0.name",
+    ),
+    ("service_name_with_glob", _service(**{"- name: orders": "- name: 'svc*'"}), "services.0.name"),
+    (
+        "service_without_common_name",
+        _service(**{"    common_name: orders.svc.clawql.internal\n": ""}),
+        "services.0.common_name",
+    ),
+    (
+        "service_empty_common_name",
+        _service(**{"common_name: orders.svc.clawql.internal": "common_name: ''"}),
+        "services.0.common_name",
+    ),
+    (
+        "service_wildcard_common_name",
+        _service(**{"orders.svc.clawql.internal": "'*.svc.clawql.internal'"}),
+        "services.0.common_name: no wildcard",
+    ),
+    (
+        "service_wildcard_dns_san",
+        _service(**{"[orders.internal]": "[orders.internal, '*.internal']"}),
+        "services.0.dns_sans.1: no wildcard",
+    ),
+    (
+        "service_ip_dns_san",
+        _service(**{"[orders.internal]": "['127.0.0.1']"}),
+        "not an IP address",
+    ),
+    (
+        "service_dns_san_with_port",
+        _service(**{"[orders.internal]": "['orders.internal:80']"}),
+        "services.0.dns_sans.0",
+    ),
+    (
+        "service_uppercase_dns_san",
+        _service(**{"[orders.internal]": "[Orders.internal]"}),
+        "services.0.dns_sans.0",
+    ),
+    (
+        "service_common_name_too_long",
+        _service(**{"orders.svc.clawql.internal": "o" * 60 + ".internal"}),
+        "services.0.common_name: at most 64 characters",
+    ),
+    (
+        "service_empty_dns_san",
+        _service(**{"[orders.internal]": "['']"}),
+        "services.0.dns_sans.0",
+    ),
+    (
+        "service_uri_san_other_scheme",
+        _service(**{"spiffe://clawql": "file://clawql"}),
+        "services.0.uri_sans.0",
+    ),
+    (
+        "service_uri_san_plain_http",
+        _service(**{"spiffe://clawql": "http://clawql"}),
+        "services.0.uri_sans.0",
+    ),
+    (
+        "service_uri_san_with_glob",
+        _service(**{"svc/orders]": "svc/*]"}),
+        "services.0.uri_sans.0: no wildcard",
+    ),
+    (
+        "service_uri_san_with_query",
+        _service(**{"[spiffe://clawql.internal/svc/orders]": "['spiffe://x.internal/o?x=1']"}),
+        "services.0.uri_sans.0",
+    ),
+    (
+        "service_uri_san_with_template",
+        _service(**{"[spiffe://clawql.internal/svc/orders]": "['spiffe://x.internal/{tenant}']"}),
+        "services.0.uri_sans.0",
+    ),
+    (
+        "service_uri_san_without_host",
+        _service(**{"spiffe://clawql.internal/svc/orders": "spiffe:///svc/orders"}),
+        "services.0.uri_sans.0",
+    ),
+    (
+        "service_ttl_too_short",
+        _service(**{"approvals:": "    ttl: 5s\napprovals:"}),
+        "services.0.ttl",
+    ),
+    (
+        "service_ttl_too_long",
+        _service(**{"approvals:": "    ttl: 2d\napprovals:"}),
+        "services.0.ttl",
+    ),
+    (
+        "service_name_of_another_service",
+        _service(
+            **{
+                "approvals:": "  - name: billing\n    common_name: billing.internal\n"
+                "    dns_sans: [orders.internal]\napprovals:"
+            }
+        ),
+        "'orders.internal' is already a name of 'orders'",
+    ),
+    (
+        "client_certs_for_tenant_svc",
+        {
+            "  - name: globex\n": "  - name: globex\n  - name: svc\n",
+            "approvals:\n": "  - name: orders\n    tenants: [svc]\n"
+            '    cert_sans: ["spiffe://x/{tenant}/{agent}"]\npki: {}\napprovals:\n',
+        },
+        "tenant 'svc' cannot have client certificates",
+    ),
     ("empty_file", {}, ""),
 ]
 
@@ -80,6 +222,19 @@ def test_bad_config_is_refused(replace: dict[str, str], expected: str) -> None:
         loader.parse(text, "clawql.yaml")
     assert expected in err.value.message
     assert "clawql.yaml" in err.value.message
+
+
+def test_services_parse_with_defaults() -> None:
+    state = loader.parse(valid_yaml(**_service()))
+    (svc,) = state.services
+    assert (svc.name, svc.pki_role, svc.ttl) == ("orders", "svc-orders", 900)
+    assert svc.dns_sans == ("orders.internal",)
+    assert loader.parse(valid_yaml()).services == ()
+
+
+def test_service_ttl_takes_a_duration() -> None:
+    state = loader.parse(valid_yaml(**_service(**{"approvals:": "    ttl: 1h\napprovals:"})))
+    assert state.services[0].ttl == 3600
 
 
 def test_error_names_the_line() -> None:
