@@ -276,6 +276,37 @@ def _sign(
     return e.client.write(f"pki_int/sign/{role}", body, token=token)
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"database/creds/{ACME}-analyst-pg"),
+        ("GET", f"database/creds/{ACME}-analyst-maria"),
+        ("POST", f"pki_int/issue/{ACME}-integrator"),
+        ("POST", f"pki_int/sign/{ACME}-integrator"),
+        ("POST", "pki_int/issue/svc-orders"),
+        ("POST", "pki_int/sign/svc-orders"),
+        ("GET", "identity/oidc/token/aws"),
+    ],
+)
+def test_the_provisioner_cannot_use_what_it_configures(env: Env, method: str, path: str) -> None:
+    """It writes these roles (a control read of each succeeds) but may not get a
+    credential, a certificate or an identity token from any of them."""
+    env.prov.apply(env.state, env=secrets_env(env))
+    role_path = path.replace("/creds/", "/roles/").replace("/issue/", "/roles/")
+    role_path = role_path.replace("/sign/", "/roles/").replace("/token/", "/role/")
+    token = bootstrap.login(env.client, env.issuer, bootstrap.PROVISIONER)
+    try:
+        assert env.client.read(role_path, token=token)["data"]
+        body = (
+            {"common_name": ORDERS_CN, "csr": _csr(ORDERS_CN, [], [])} if method == "POST" else None
+        )
+        with pytest.raises(OpenBaoError) as exc:
+            env.client.request(method, path, body=body, token=token)
+        assert exc.value.status == 403
+    finally:
+        env.client.request("POST", "auth/token/revoke-self", token=token)
+
+
 def test_service_role_is_rendered_and_only_its_names_can_be_signed(env: Env) -> None:
     """The renewer identity signs CSRs for the service's names, and for no other name."""
     prov = bootstrap.login(env.client, env.issuer, bootstrap.PROVISIONER)
