@@ -77,7 +77,7 @@ def _machine_cpu() -> float:
     return (sum(v) - v[3] - v[4]) / _TICK
 
 
-def _groups(s: StackSettings, gw_pid: int) -> dict[str, list[int]]:
+def _groups(s: StackSettings, gw_pid: int | None = None) -> dict[str, list[int]]:
     """The processes whose CPU the gateway path and the raw path spend, by part."""
     nodes = [str(s.node_config(n)) for n in NODE_IDS]
     out: dict[str, list[int]] = {
@@ -85,7 +85,7 @@ def _groups(s: StackSettings, gw_pid: int) -> dict[str, list[int]]:
         "audit shipper": [],
         "PostgreSQL": [],
         "Redis": [],
-        "gateway": [gw_pid],
+        "gateway": [gw_pid] if gw_pid else [],
     }
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -118,9 +118,10 @@ def _load(
 ) -> tuple[list[float], float, dict[str, float]]:
     """Latencies, calls/s and CPU seconds per part (``_snapshot``): timed loops only.
 
-    Three barrier phases: set-up done (first call, DB user), loops done, CPU read.
-    Workers end their sessions only after the third, so no process whose CPU is
-    counted exits inside the window.
+    Four barrier phases: set-up done (first call, DB user), counters read (the loops
+    start), loops done, counters read again. No call is made while the counters are
+    read, and workers end their sessions only after the last phase, so no process
+    whose CPU is counted exits inside the window.
     """
     out: list[list[float]] = [[] for _ in range(n)]
     gate = threading.Barrier(n + 1, timeout=300)
@@ -139,6 +140,7 @@ def _load(
         gate.wait()
         procs = groups()
         before, t0 = _snapshot(procs), time.perf_counter()
+        gate.wait()
         gate.wait()
         wall = time.perf_counter() - t0
         after = _snapshot(procs)
@@ -229,6 +231,7 @@ def _measure(
             try:
                 post(conn, "/v1/tools/sql.query", body, h)  # warm: the session's DB user
                 gate.wait()
+                gate.wait()
                 for _ in range(calls):
                     t0 = time.perf_counter()
                     post(conn, "/v1/tools/sql.query", body, h)
@@ -263,6 +266,7 @@ def _measure(
                     password=creds["data"]["password"],
                     autocommit=True,
                 ) as db:
+                    gate.wait()
                     gate.wait()
                     for _ in range(calls):
                         t0 = time.perf_counter()
@@ -396,40 +400,46 @@ def _spacing(s: StackSettings, ca: ssl.SSLContext, jwt: Callable[[str], str]) ->
     The gateway puts its own work between two logins of a session; this measures
     what spacing alone (a sleep, no CPU) does to OpenBao's CPU per login.
     """
-    groups = {"OpenBao nodes": _groups(s, 0)["OpenBao nodes"]}
+    groups = {"OpenBao nodes": _groups(s)["OpenBao nodes"]}
     logins = 300
     idle0 = _snapshot(groups)["OpenBao nodes"]
     time.sleep(3)
     idle = (_snapshot(groups)["OpenBao nodes"] - idle0) / 3
     results: dict[tuple[int, float], list[tuple[float, float]]] = {}
 
-    def client(gap: float) -> None:
+    h = {"Content-Type": "application/json"}
+
+    def connect() -> tuple[http.client.HTTPSConnection, bytes]:
+        """A session's login body and a kept-alive connection it already logged in on."""
         body = json.dumps({"role": ROLE, "jwt": jwt(f"sp-{time.monotonic_ns() % 10**8}")})
-        h = {"Content-Type": "application/json"}
-        conn = _bao_conn(s, ca, body.encode(), h)
-        try:
-            for _ in range(logins):
-                conn.request("POST", "/v1/auth/sessions/login", body.encode(), h)
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"login: HTTP {resp.status}")
-                if gap:
-                    time.sleep(gap)
-        finally:
-            conn.close()
+        return _bao_conn(s, ca, body.encode(), h), body.encode()
+
+    def client(conn: http.client.HTTPSConnection, body: bytes, gap: float) -> None:
+        for _ in range(logins):
+            conn.request("POST", "/v1/auth/sessions/login", body, h)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"login: HTTP {resp.status}")
+            if gap:
+                time.sleep(gap)
 
     for _ in range(REPS):
         for clients in (1, 4):
             for gap in (0.0, 0.002):
-                threads = [threading.Thread(target=client, args=(gap,)) for _ in range(clients)]
+                conns = [connect() for _ in range(clients)]  # set-up outside the window
+                threads = [threading.Thread(target=client, args=(*c, gap)) for c in conns]
                 c0, t0 = _snapshot(groups)["OpenBao nodes"], time.perf_counter()
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                wall = time.perf_counter() - t0
-                cpu = _snapshot(groups)["OpenBao nodes"] - c0
+                try:
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    wall = time.perf_counter() - t0
+                    cpu = _snapshot(groups)["OpenBao nodes"] - c0
+                finally:
+                    for conn, _ in conns:
+                        conn.close()
                 n = clients * logins
                 results.setdefault((clients, gap), []).append((n / wall, cpu / n * 1000))
     rows = []

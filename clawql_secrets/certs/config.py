@@ -38,6 +38,7 @@ DnsName = Annotated[
 UriSan = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9+.-]*://[^\s,]{1,500}$")]
 
 DEFAULT_TTL = 15 * 60
+MIN_TTL, MAX_TTL = 10, 86400  # seconds: a certificate's life the renewer accepts
 _SIGNALS = ("HUP", "USR1", "USR2", "TERM", "INT")
 
 
@@ -101,7 +102,7 @@ class Service(_Strict):
     common_name: DnsName
     dns_sans: list[DnsName] = []
     uri_sans: list[UriSan] = []
-    ttl: int = Field(default=DEFAULT_TTL, ge=10, le=86400)
+    ttl: int = Field(default=DEFAULT_TTL, ge=MIN_TTL, le=MAX_TTL)
     key_file: Path
     cert_file: Path
     ca_file: Path

@@ -17,6 +17,7 @@ from clawql_secrets.errors import OpenBaoError
 
 KV_MOUNT = "secret"
 KV_MAX_VERSIONS = 1
+_UPGRADING = "Upgrading from non-versioned to versioned data"
 
 
 def write_config(
@@ -26,14 +27,15 @@ def write_config(
 
     For a moment after it is enabled a KV v2 mount answers every request with
     400 "Upgrading from non-versioned to versioned data"; the client does not
-    retry a 400, so this does, for any 400 (the body is ours), up to ``wait``.
+    retry a 400, so this does, for that answer only, until ``wait`` has passed.
     """
     deadline = time.monotonic() + wait
     while True:
+        left = max(0.0, deadline - time.monotonic())
         try:
-            client.request("POST", f"{KV_MOUNT}/config", body=body, token=token, retry_for=30)
+            client.request("POST", f"{KV_MOUNT}/config", body=body, token=token, retry_for=left)
             return
         except OpenBaoError as exc:
-            if exc.status != 400 or time.monotonic() >= deadline:
+            if exc.status != 400 or _UPGRADING not in str(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(0.2)

@@ -78,20 +78,31 @@ def foreign_schemas(sql: str, tenant: str, prefix: str) -> list[str]:
     return found
 
 
+@dataclass(frozen=True)
+class Window:
+    """A sliding window to count in: ``seconds`` long (0: do not count), at most ``cap``
+    entries kept (enough to see a bound exceeded; memory stays bounded)."""
+
+    seconds: float = 0.0
+    cap: int = 1
+
+    @property
+    def ms(self) -> int:
+        return max(0, int(self.seconds * 1000))
+
+
 class Detector:
-    """The rules; the counts come from the shared registry (see the module docstring)."""
+    """The rules; the counts come from the shared registry (see the module docstring).
+
+    ``calls_window`` and ``denied_window`` are what the registry counts in: zero-length
+    (nothing counted) when the rules are off, and one entry past each bound, enough to
+    see it exceeded.
+    """
 
     def __init__(self, settings: AnomalySettings) -> None:
-        self.settings = settings
-
-    @property
-    def rate_window(self) -> float:
-        """The window the registry counts calls in; 0 when the rules are off."""
-        return self.settings.rate_window if self.settings.enabled else 0.0
-
-    @property
-    def denied_window(self) -> float:
-        return self.settings.denied_window if self.settings.enabled else 0.0
+        self.settings = s = settings
+        self.calls_window = Window(s.rate_window if s.enabled else 0.0, s.rate_max + 1)
+        self.denied_window = Window(s.denied_window if s.enabled else 0.0, s.denied_max + 1)
 
     def scope(self, tenant: str, tool: str, args: Mapping[str, Any]) -> Hit | None:
         """``out_of_scope``: a scanned argument of ``tool`` names another tenant's schema."""

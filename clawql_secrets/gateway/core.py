@@ -58,7 +58,7 @@ from clawql_secrets.gateway.errors import (
 )
 from clawql_secrets.gateway.jwt_check import JWTLimits, JWTPolicy, KeySet, SessionClaims
 from clawql_secrets.gateway.metrics import Metrics
-from clawql_secrets.gateway.registry import ACTIVE, Registry, Window
+from clawql_secrets.gateway.registry import ACTIVE, Registry
 from clawql_secrets.gateway.tools import Resource, Tool
 from clawql_secrets.issuer import LocalIssuer
 
@@ -283,10 +283,6 @@ class Gateway:
         self._local: dict[str, _LocalSession] = {}
         self._local_lock = threading.Lock()
         self.anomaly = Detector(config.anomaly)
-        a = config.anomaly
-        # The registry keeps one entry past each bound: enough to see it exceeded.
-        self._calls_window = Window(self.anomaly.rate_window, a.rate_max + 1)
-        self._denied_window = Window(self.anomaly.denied_window, a.denied_max + 1)
         self.metrics.active.set_function(self._count_active)
 
     def _count_active(self) -> float:
@@ -400,7 +396,7 @@ class Gateway:
                 raise RequestRejected(
                     "invalid_arguments", f"invalid arguments at {where}: {first['msg']}", status=422
                 ) from None
-            opened = self.registry.open(claims, self._calls_window)
+            opened = self.registry.open(claims, self.anomaly.calls_window)
             if opened.state != ACTIVE:
                 self._drop_local(claims.sid)
                 raise TokenRejected("session_ended", "this session has ended")
@@ -440,7 +436,7 @@ class Gateway:
         """Count one denied call in the shared registry; a registry failure is logged, and
         the call's own denial stands (the registry's outage must not mask it)."""
         try:
-            return self.anomaly.denied(self.registry.count_denied(sid, self._denied_window))
+            return self.anomaly.denied(self.registry.count_denied(sid, self.anomaly.denied_window))
         except BackendUnavailable as exc:
             log.warning("denied-call count failed sid=%s (%s)", sid, exc.code)
             return None

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import redis
 
+from clawql_secrets.gateway.anomaly import Window
 from clawql_secrets.gateway.errors import BackendUnavailable
 from clawql_secrets.gateway.jwt_check import SessionClaims
 
@@ -58,19 +59,6 @@ class Opened:
 
     state: str
     calls: int = 0
-
-
-@dataclass(frozen=True)
-class Window:
-    """A sliding window to count in: ``seconds`` long (0: do not count), at most ``cap``
-    entries kept (enough to see a bound exceeded; memory stays bounded)."""
-
-    seconds: float = 0.0
-    cap: int = 1
-
-    @property
-    def ms(self) -> int:
-        return max(0, int(self.seconds * 1000))
 
 
 NO_COUNT = Window()

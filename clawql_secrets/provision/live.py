@@ -21,7 +21,6 @@ from clawql_secrets.provision import diff as diffmod
 from clawql_secrets.provision.model import DesiredState
 from clawql_secrets.provision.render import (
     DB_MOUNT,
-    KV_MOUNT,
     PKI_INT,
     PKI_ROOT,
     Obj,
@@ -131,15 +130,14 @@ class Provisioner:
             if "options" in obj.compare:
                 live["options"] = {"version": (entry.get("options") or {}).get("version")}
             return {k: normalise(k, v) for k, v in live.items()}
-        if obj.kind in ("pki-root-ca", "pki-int-ca"):
+        if obj.kind in ("pki-root-ca", "pki-int-ca", "kv-config"):
             mount = obj.path.split("/", 1)[0]
             if f"{mount}/" not in mounts:
                 return None
+        if obj.kind in ("pki-root-ca", "pki-int-ca"):
             data = self._get(obj.path)
             present = bool(data and str(data.get("certificate") or "").strip())
             return {"present": True} if present else None
-        if obj.kind == "kv-config" and f"{KV_MOUNT}/" not in mounts:
-            return None
         data = self._kv_config(obj.path) if obj.kind == "kv-config" else self._get(obj.path)
         if data is None:
             return None

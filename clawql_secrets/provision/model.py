@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from clawql_secrets.certs.config import DEFAULT_TTL, MAX_TTL, MIN_TTL
+
 NAME_RE = r"^[a-z][a-z0-9_]{0,30}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_RE)]
 SecretName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
@@ -189,8 +191,8 @@ class Service(_Strict):
     common_name: DnsName
     dns_sans: tuple[DnsName, ...] = ()
     uri_sans: tuple[UriSan, ...] = ()
-    # The renewer's bounds (certs/config.py): at least 10 s, at most a day.
-    ttl: Annotated[Duration, Field(ge=10, le=86400)] = 900
+    # The renewer's bounds and default (certs/config.py).
+    ttl: Annotated[Duration, Field(ge=MIN_TTL, le=MAX_TTL)] = DEFAULT_TTL
 
     @field_validator("common_name")
     @classmethod

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clawql_secrets.cluster.kv import KV_MAX_VERSIONS as KV_MAX_VERSIONS
+from clawql_secrets.cluster.kv import KV_MAX_VERSIONS
 from clawql_secrets.cluster.kv import KV_MOUNT as KV_MOUNT
 from clawql_secrets.provision.model import AgentRole, Database, DesiredState, Service
 

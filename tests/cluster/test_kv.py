@@ -58,3 +58,15 @@ def test_kv_config_write_does_not_retry_a_refusal(tmp_path: Path) -> None:
     ):
         kv.write_config(client, "t", {"max_versions": 1})
     assert err.value.status == 403 and len(seen) == 1
+
+
+def test_kv_config_write_does_not_retry_another_bad_request(tmp_path: Path) -> None:
+    seen: list[str] = []
+    with (
+        _client(
+            tmp_path, [httpx.Response(400, json={"errors": ["bad max_versions"]})], seen
+        ) as client,
+        pytest.raises(OpenBaoError) as err,
+    ):
+        kv.write_config(client, "t", {"max_versions": 1})
+    assert err.value.status == 400 and len(seen) == 1

@@ -12,10 +12,11 @@ from clawql_secrets.gateway.anomaly import (
     AnomalySettings,
     Detector,
     Hit,
+    Window,
     foreign_schemas,
 )
 from clawql_secrets.gateway.jwt_check import SessionClaims
-from clawql_secrets.gateway.registry import ENDED, MemoryRegistry, Opened, Window
+from clawql_secrets.gateway.registry import ENDED, MemoryRegistry, Opened
 
 
 class Clock:
@@ -93,12 +94,11 @@ def test_scope_fields_are_per_tool_and_configurable() -> None:
 
 
 def _calls(reg: MemoryRegistry, det: Detector, sid: str = "s1") -> Hit | None:
-    window = Window(det.rate_window, det.settings.rate_max + 1)
-    return det.rate(reg.open(_claims(sid), window).calls)
+    return det.rate(reg.open(_claims(sid), det.calls_window).calls)
 
 
 def _denied(reg: MemoryRegistry, det: Detector, sid: str = "s1") -> Hit | None:
-    return det.denied(reg.count_denied(sid, Window(det.denied_window, det.settings.denied_max + 1)))
+    return det.denied(reg.count_denied(sid, det.denied_window))
 
 
 def test_call_rate_over_bound_hits_within_window_only() -> None:
@@ -144,12 +144,14 @@ def test_counts_are_capped_and_dropped_when_the_session_ends() -> None:
 def test_disabled_never_hits() -> None:
     det, clock = _det(enabled=False, rate_max=1, denied_max=1)
     reg = MemoryRegistry(clock=clock)
-    assert det.rate_window == 0 and det.denied_window == 0
+    assert det.calls_window.seconds == 0 and det.denied_window.seconds == 0
     for _ in range(5):
         assert det.scope("acme", "sql.query", {"sql": "SELECT * FROM t_b.x"}) is None
         assert _calls(reg, det) is None
         assert _denied(reg, det) is None
-    assert reg.open(_claims("s1"), Window(det.rate_window, 2)).calls == 0  # nothing counted
+    assert (
+        reg.open(_claims("s1"), Window(det.calls_window.seconds, 2)).calls == 0
+    )  # nothing counted
 
 
 def test_settings_are_validated() -> None:

@@ -16,11 +16,10 @@ import pytest
 
 from clawql_secrets.errors import BackendError
 from clawql_secrets.gateway import session_issuer
-from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.jwt_check import SessionClaims
 from clawql_secrets.gateway.registry import MemoryRegistry
-from tests.gateway.fakes import mock_openbao
+from tests.gateway.fakes import mock_openbao, unit_config
 
 
 @dataclass
@@ -51,17 +50,9 @@ class FakeBao:
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Gateway, FakeBao, MemoryRegistry]:
     session_issuer.load_issuer(tmp_path)  # its JWKS: the gateway refuses to start without
-    ca = tmp_path / "ca.pem"
-    ca.write_text("")
     workload_jwt = tmp_path / "token"
     workload_jwt.write_text("header.payload.signature")
-    cfg = GatewayConfig.model_validate(
-        {
-            "openbao": {"addrs": ["https://127.0.0.1:1"], "ca_file": str(ca)},
-            "sessions": {"jwks_file": str(tmp_path / "sessions-issuer" / "jwks.json")},
-            "identity": {"jwt_file": str(workload_jwt)},
-        }
-    )
+    cfg = unit_config(tmp_path, identity={"jwt_file": str(workload_jwt)})
     fake = FakeBao()
     bao = mock_openbao(fake)
     registry = MemoryRegistry()

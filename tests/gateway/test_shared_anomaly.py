@@ -22,11 +22,11 @@ import redis
 from pydantic import BaseModel
 
 from clawql_secrets.gateway import session_issuer
-from clawql_secrets.gateway.anomaly import CALL_RATE, DENIED_BURST
+from clawql_secrets.gateway.anomaly import CALL_RATE, DENIED_BURST, Window
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.errors import AccessDenied, TokenRejected
 from clawql_secrets.gateway.jwt_check import SessionClaims
-from clawql_secrets.gateway.registry import ACTIVE, ENDED, Opened, RedisRegistry, Window
+from clawql_secrets.gateway.registry import ACTIVE, ENDED, Opened, RedisRegistry
 from clawql_secrets.gateway.tools import ToolContext
 from tests.gateway.fakes import mock_openbao, unit_config
 
@@ -141,8 +141,7 @@ def _gateway(tmp_path: Path, prefix: str, anomaly: dict[str, Any]) -> Gateway:
 def test_an_agent_alternating_between_replicas_is_revoked_at_the_bound(
     tmp_path: Path, prefix: str, rule: str, anomaly: dict[str, Any], args: dict[str, Any]
 ) -> None:
-    session_issuer.load_issuer(tmp_path)  # the JWKS both gateways trust
-    issuer = session_issuer.load_issuer(tmp_path)
+    issuer = session_issuer.load_issuer(tmp_path)  # and the JWKS both gateways trust
     one, two = _gateway(tmp_path, prefix, anomaly), _gateway(tmp_path, prefix, anomaly)
     try:
         jwt = session_issuer.issue(issuer, tenant="acme", agent="bot", role="analyst", ttl=600)

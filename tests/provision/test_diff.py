@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from clawql_secrets.cluster.kv import KV_MAX_VERSIONS
 from clawql_secrets.provision import loader
 from clawql_secrets.provision.diff import LiveState, diff
-from clawql_secrets.provision.render import CLAIM_MAPPINGS, KV_MAX_VERSIONS, KV_MOUNT, render
+from clawql_secrets.provision.render import CLAIM_MAPPINGS, KV_MOUNT, render
 from tests.provision.conftest import valid_yaml
 
 
