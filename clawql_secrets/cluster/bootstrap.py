@@ -95,6 +95,9 @@ path "auth/*" {
   }
 }
 path "auth/token/*" { capabilities = ["deny"] }
+# A CEL role's program sets the policies of its logins itself: writing one would
+# bypass the approval controller (ADR 0007), so no CEL role on any mount.
+path "auth/+/cel/*" { capabilities = ["deny"] }
 path "database/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "database/creds/*" { capabilities = ["deny"] }
 path "pki*" { capabilities = ["create", "read", "update", "delete", "list"] }
@@ -183,11 +186,11 @@ path "sys/auth" { capabilities = ["read"] }
 )
 CHANGE_PARTICIPANT_CLAIM = "clawql_role"
 
-# The gateway's own identity: it ends sessions (revokes their leases and tokens by
-# id/accessor), shortens a new lease to its session's remaining life (renew with a
-# smaller increment), records anomaly revocations (create-only), but obtains no
-# credential itself — those come from the agents' own
-# JWT logins, so OpenBao re-checks authorization on every tool call.
+# The gateway's own identity: it ends sessions (revokes their leases and their anchor
+# tokens by id/accessor) and records anomaly revocations (create-only), but obtains no
+# credential itself — those come from agent tokens OpenBao issues per call against
+# the gateway's exchange assertions (ADR 0010), so OpenBao re-checks authorization on
+# every tool call. Leases are bounded to their session by the token that made them.
 GATEWAY = WorkloadIdentity(
     role="gateway",
     subject="clawql-gateway",
@@ -195,7 +198,6 @@ GATEWAY = WorkloadIdentity(
     hcl="""\
 path "sys/leases/lookup" { capabilities = ["update"] }
 path "sys/leases/revoke" { capabilities = ["update"] }
-path "sys/leases/renew" { capabilities = ["update"] }
 path "secret/data/clawql-anomalies/*" { capabilities = ["create"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }
 path "auth/token/lookup-accessor" { capabilities = ["update"] }

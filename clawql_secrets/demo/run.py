@@ -136,7 +136,12 @@ def _http_steps(demo: Demo, http: httpx.Client, issuer: LocalIssuer, canary: str
     demo.step(name, version >= 1, {"path": ref.path, "version": version})
 
     jwt = session_issuer.issue(
-        issuer, tenant=HTTP_TENANT, agent=HTTP_AGENT, role=HTTP_ROLE, ttl=600
+        issuer,
+        tenant=HTTP_TENANT,
+        agent=HTTP_AGENT,
+        role=HTTP_ROLE,
+        ttl=600,
+        audience=s.gateway_addr,
     )
     inject = {"secret": HTTP_SECRET, "header": "Authorization", "format": "Bearer {value}"}
 
@@ -245,9 +250,11 @@ def run(settings: StackSettings, say: Say, *, canary: str | None = None) -> list
             return body
 
         # 1. Two agents in two tenants get session JWTs from the platform's issuer.
-        acme = session_issuer.issue(issuer, tenant="acme", agent="bot-a", role="analyst", ttl=600)
+        acme = session_issuer.issue(
+            issuer, tenant="acme", agent="bot-a", role="analyst", ttl=600, audience=url
+        )
         globex = session_issuer.issue(
-            issuer, tenant="globex", agent="bot-g", role="analyst", ttl=600
+            issuer, tenant="globex", agent="bot-g", role="analyst", ttl=600, audience=url
         )
         demo.step("sessions issued for acme/bot-a and globex/bot-g", True)
 

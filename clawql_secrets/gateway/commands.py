@@ -29,17 +29,22 @@ def register(sub: Any) -> None:
     p = ssub.add_parser("issue", help="print a signed session JWT from the local session issuer")
     p.add_argument("--tenant", required=True)
     p.add_argument("--agent", required=True)
-    p.add_argument("--role", required=True, help="the agent role (an OpenBao role on 'sessions')")
+    p.add_argument("--role", required=True, help="the agent role (clawql.yaml roles[].name)")
     p.add_argument("--ttl", default="15m", help="lifetime: 90s, 15m, 1h (at most 1h)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.set_defaults(func=_issue)
 
 
 def _issue(args: argparse.Namespace) -> int:
+    from clawql_secrets.cluster.stack import load_settings
+
     ttl = session_issuer.parse_ttl(args.ttl)
     issuer = session_issuer.load_issuer(args.data_dir)
+    audience = load_settings(args.data_dir).gateway_addr  # the stack's gateway, RFC 8707
     print(
-        session_issuer.issue(issuer, tenant=args.tenant, agent=args.agent, role=args.role, ttl=ttl)
+        session_issuer.issue(
+            issuer, tenant=args.tenant, agent=args.agent, role=args.role, ttl=ttl, audience=audience
+        )
     )
     return 0
 

@@ -35,12 +35,41 @@ class SessionTrust(_Strict):
 
     jwks_file: Path
     issuer: str = SESSIONS_ISSUER_URL
+    # The gateway's canonical URI (RFC 8707 resource indicator): session JWTs carry it
+    # as ``aud``, and it names this resource in its RFC 9728 metadata.
     audience: str = SESSION_AUDIENCE
-    mount: str = "sessions"
+    mount: str = "agents"
     role_template: str = "{agent_role}"
     max_token_bytes: int = Field(default=4096, ge=512, le=65536)
     clock_skew: int = Field(default=30, ge=0, le=300)
     max_lifetime: int = Field(default=3600, ge=60, le=86400)
+
+
+class ExchangeSettings(_Strict):
+    """How the gateway proves to OpenBao that it acts for an agent (ADR 0010).
+
+    Per call the gateway signs a seconds-lived exchange assertion with its own
+    key: subject = the agent (tenant, agent, role, sid), ``act.sub`` = the
+    gateway. OpenBao's agents mount trusts this key and no other, for an
+    audience no session JWT carries, so an agent's own bearer opens nothing
+    there. The key is bootstrap trust (docs/threat-model.md).
+    """
+
+    key_file: Path
+    issuer: str = "https://gateway.clawql.local/exchange"
+    audience: str = "openbao-agent-exchange"
+    actor: str = "clawql-gateway"
+    # The assertion's own life: long enough for one login, never more.
+    ttl: int = Field(default=30, ge=5, le=300)
+    # The agents' JWT roles: ``<role>`` issues per-call batch tokens, ``<role>.session``
+    # the session's service token that anchors its credentials' leases.
+    session_role_suffix: str = ".session"
+
+
+class RolePolicy(_Strict):
+    """What the gateway lets a session of one agent role call (from the desired state)."""
+
+    tools: list[str] = []
 
 
 class GatewayIdentity(_Strict):
@@ -116,6 +145,9 @@ class GatewayConfig(_Strict):
     openbao: OpenBaoSettings
     sessions: SessionTrust
     identity: GatewayIdentity
+    exchange: ExchangeSettings
+    # Agent role -> what its sessions may call; a role not listed may call nothing.
+    roles: dict[str, RolePolicy] = {}
     admin: AdminTrust | None = None
     registry: RegistrySettings = RegistrySettings()
     databases: dict[str, DatabaseTarget] = {}

@@ -56,6 +56,7 @@ from clawql_secrets.gateway.errors import (
     RequestRejected,
     TokenRejected,
 )
+from clawql_secrets.gateway.exchange import AssertionSpec, ExchangeSigner
 from clawql_secrets.gateway.jwt_check import JWTLimits, JWTPolicy, KeySet, SessionClaims
 from clawql_secrets.gateway.metrics import Metrics
 from clawql_secrets.gateway.registry import ACTIVE, Registry
@@ -64,6 +65,11 @@ from clawql_secrets.issuer import LocalIssuer
 
 log = logging.getLogger("clawql_secrets.gateway")
 R = TypeVar("R", bound=Resource)
+# Registry entries that are anchor token accessors, not lease ids (which start
+# with their mount's path and so never with this).
+ACCESSOR_PREFIX = "accessor:"
+REVOCATION_PENDING = "revocation_pending"
+_RETRY_FIRST, _RETRY_MAX = 1.0, 300.0
 
 
 class _Token:
@@ -194,17 +200,31 @@ class _Context:
         self._local = local
 
     def read_secret(self, path: str) -> LeaseInfo:
-        """GET ``path`` with the agent's token (creds, KV values)."""
-        return self._call("GET", path, None)
+        """GET ``path`` with the agent's token (creds, KV values).
+
+        A dynamic credential (``<mount>/creds/<role>``: a lease meant to live as long
+        as the session) is read with a session anchor token instead of the call's
+        batch token, so that the lease is not capped at the batch token's seconds and
+        dies with the anchor at the session's ``exp`` (ADR 0010).
+        """
+        if "/creds/" in path:
+            anchor = self._gw.anchor(self.claims)
+            try:
+                return self._call("GET", path, None, anchor)
+            finally:
+                anchor.drop()
+        return self._call("GET", path, None, self._token)
 
     def write_secret(self, path: str, body: Mapping[str, Any]) -> LeaseInfo:
         """POST ``path`` with the agent's token (e.g. ``pki_int/issue/...``)."""
-        return self._call("POST", path, dict(body))
+        return self._call("POST", path, dict(body), self._token)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> LeaseInfo:
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None, token: _Token
+    ) -> LeaseInfo:
         verb = "read" if method == "GET" else "write"
         try:
-            resp = self._gw.bao.request(method, path, body=body, token=self._token.reveal())
+            resp = self._gw.bao.request(method, path, body=body, token=token.reveal())
         except NotLeaderError as exc:
             raise BackendUnavailable("openbao_unavailable", "OpenBao is unavailable") from exc
         except OpenBaoError as exc:
@@ -235,7 +255,7 @@ class _Context:
             raise TokenRejected("session_ended", "this session has ended")
         if lease.lease_id:
             self._gw.metrics.leases.inc()
-            ttl = self._gw.bound_lease(self.claims, lease)
+            ttl = self._gw.bound_lease(self.claims, lease, token)
             lease = LeaseInfo(lease.lease_id, ttl, lease.data)
         return lease
 
@@ -282,7 +302,13 @@ class Gateway:
             self.admin_keys = JWKSCache(config.admin.jwks_file).keys
         self._local: dict[str, _LocalSession] = {}
         self._local_lock = threading.Lock()
+        # Ended sessions whose revocation failed: when to retry, and the last delay.
+        self._retry_at: dict[str, tuple[float, float]] = {}
         self.anomaly = Detector(config.anomaly)
+        x = config.exchange
+        self.signer = ExchangeSigner.from_file(
+            x.key_file, AssertionSpec(x.issuer, x.audience, x.actor, x.ttl)
+        )
         self.metrics.active.set_function(self._count_active)
 
     def _count_active(self) -> float:
@@ -290,6 +316,14 @@ class Gateway:
             return float(self.registry.count_active())
         except ClawQLError:
             return float("nan")
+
+    def tools_for(self, agent_role: str) -> list[str]:
+        """The installed tools a session of ``agent_role`` may call (the desired state's
+        ``roles[].tools``); what is not listed is refused before anything else happens."""
+        policy = self.config.roles.get(agent_role)
+        if policy is None:
+            return []
+        return sorted(t for t in policy.tools if t in self.tools)
 
     # -- authentication ----------------------------------------------------------
     def verify_session(self, bearer: str) -> SessionClaims:
@@ -332,13 +366,21 @@ class Gateway:
         return _peek_claim(bearer, "iss") == self.config.admin.issuer
 
     # -- exchange ------------------------------------------------------------------
-    def _login(self, bearer: str, claims: SessionClaims) -> _Token:
-        """Step 2: the same JWT for a batch token of the agent's role."""
-        s = self.config.sessions
+    def _login(self, claims: SessionClaims, *, anchor: bool = False) -> tuple[_Token, str]:
+        """Step 2: an exchange assertion signed by the gateway for an agent token.
+
+        ``anchor=False``: the role's per-call batch token (seconds-lived, no raft
+        write). ``anchor=True``: the session's anchor role, a service token whose
+        accessor is returned so the session's end can revoke it. Either way the
+        token's metadata must name this session and this gateway as actor.
+        """
+        s, x = self.config.sessions, self.config.exchange
         role = s.role_template.format(agent_role=claims.agent_role, tenant=claims.tenant)
-        body = {"role": role, "jwt": bearer}
+        if anchor:
+            role += x.session_role_suffix
+        body = {"role": role, "jwt": self.signer.assertion(claims, self.clock())}
         try:
-            if self.login_client is not None:
+            if self.login_client is not None and not anchor:
                 resp = self.login_client.login(s.mount, body)
             else:
                 resp = self.bao.request("POST", f"auth/{s.mount}/login", body=body, token="")
@@ -349,26 +391,75 @@ class Gateway:
             self.metrics.exchanges.labels("refused").inc()
             if exc.status in (400, 403):
                 raise AccessDenied(
-                    "exchange_refused", "OpenBao refused this session's login"
+                    "exchange_refused", "OpenBao refused this session's exchange"
                 ) from exc
             raise BackendUnavailable(
-                "openbao_error", "OpenBao failed the login", status=502
+                "openbao_error", "OpenBao failed the exchange", status=502
             ) from exc
+        finally:
+            body.clear()
         auth = resp.pop("auth", None) or {}
         token = _Token(str(auth.pop("client_token", "") or ""))
+        accessor = str(auth.pop("accessor", "") or "")
         meta = auth.get("metadata") or {}
         auth.clear()
-        if not token.reveal():
+        if not token.reveal() or (anchor and not accessor):
+            token.drop()
             raise BackendUnavailable(
-                "openbao_error", "OpenBao's login returned no token", status=502
+                "openbao_error", "OpenBao's exchange returned no token", status=502
             )
-        if meta.get("tenant") != claims.tenant or meta.get("agent_role") != claims.agent_role:
+        if (
+            meta.get("tenant") != claims.tenant
+            or meta.get("agent_role") != claims.agent_role
+            or meta.get("sid") != claims.sid
+            or meta.get("actor") != x.actor
+        ):
             token.drop()
             self.metrics.exchanges.labels("mismatch").inc()
             raise AccessDenied(
                 "exchange_mismatch", "OpenBao's identity for this session does not match the JWT"
             )
         self.metrics.exchanges.labels("ok").inc()
+        return token, accessor
+
+    def anchor(self, claims: SessionClaims) -> _Token:
+        """A service token of the session living exactly until its ``exp``.
+
+        Its accessor is recorded with the session before anything else, so that
+        ending the session revokes it (and with it every lease it created); then it
+        is renewed with ``increment = exp - now``, which sets its TTL to the
+        session's remaining life (ADR 0010). If the gateway dies in between, the
+        token dies at the anchor role's short initial TTL. Used for one credential
+        read and dropped: the gateway keeps its accessor, never the token.
+        """
+        token, accessor = self._login(claims, anchor=True)
+        entry = ACCESSOR_PREFIX + accessor
+        if not self.registry.add_lease(claims.sid, entry):
+            token.drop()
+            self.revoke_leases(claims.sid, [entry])
+            raise TokenRejected("session_ended", "this session has ended")
+        remaining = int(claims.exp - self.clock())
+        ttl = -1
+        if remaining >= 1:
+            try:
+                resp = self.bao.request(
+                    "POST",
+                    "auth/token/renew-self",
+                    body={"increment": remaining},
+                    token=token.reveal(),
+                )
+                ttl = int((resp.get("auth") or {}).get("lease_duration") or -1)
+            except OpenBaoError as exc:
+                log.warning("anchor bound failed sid=%s status=%s", claims.sid, exc.status)
+        if not 0 < ttl <= max(remaining, 1):
+            token.drop()
+            self.revoke_leases(claims.sid, [entry])
+            if remaining < 1:
+                raise TokenRejected("session_expired", "this session has expired")
+            raise BackendUnavailable(
+                "lease_unbounded", "the session's token could not be bounded to its life"
+            )
+        self.metrics.anchors.inc()
         return token
 
     # -- tool calls --------------------------------------------------------------------
@@ -388,6 +479,10 @@ class Gateway:
                 raise RequestRejected(
                     "unknown_tool", f"no tool named {tool_name[:64]!r}", status=404
                 )
+            if tool_name not in self.tools_for(claims.agent_role):
+                raise AccessDenied(
+                    "tool_not_allowed", f"role {claims.agent_role} may not call {tool_name}"
+                )
             try:
                 parsed = tool.args_model.model_validate(args)
             except ValidationError as exc:
@@ -405,7 +500,7 @@ class Gateway:
             )
             if hit is not None:
                 self._on_anomaly(claims, tool_name, hit)
-            token = self._login(bearer, claims)
+            token, _ = self._login(claims)
             try:
                 local = self._local_session(claims)
                 result = tool.run(_Context(self, claims, token, local), parsed)
@@ -491,21 +586,22 @@ class Gateway:
         finally:
             self._gateway_logout(token)
 
-    def bound_lease(self, claims: SessionClaims, lease: LeaseInfo) -> int:
-        """Shorten ``lease`` to the session's remaining life; returns its new TTL.
+    def bound_lease(self, claims: SessionClaims, lease: LeaseInfo, token: _Token) -> int:
+        """Set ``lease``'s TTL to the session's remaining life; returns its new TTL.
 
-        ``sys/leases/renew`` with an increment below the current TTL sets the TTL
-        to the increment in OpenBao 2.7 (measured: ADR 0005), and the database
-        plugin moves the user's ``VALID UNTIL`` along. Fails closed: a lease that
-        cannot be bounded is revoked and the call fails.
+        ``sys/leases/renew`` with an increment sets the TTL to the increment in
+        OpenBao 2.7 (shorter or longer, up to the role's ``max_ttl``; measured: ADR
+        0005), and the database plugin moves the user's ``VALID UNTIL`` along. The
+        token that created the lease renews it (the default policy allows its own
+        leases), so this costs one request and no extra login. Fails closed: a lease
+        that cannot be bounded is revoked and the call fails.
         """
         remaining = int(claims.exp - self.clock())
-        if lease.lease_duration and lease.lease_duration <= remaining:
+        if lease.lease_duration and lease.lease_duration == remaining:
             self.metrics.lease_bounds.labels("already").inc()
             return lease.lease_duration
         new_ttl = -1
         if remaining >= 1:
-            token = self._gateway_login()
             try:
                 resp = self.bao.write(
                     "sys/leases/renew",
@@ -515,8 +611,6 @@ class Gateway:
                 new_ttl = int(resp.get("lease_duration") or -1)
             except OpenBaoError as exc:
                 log.warning("lease bound failed sid=%s status=%s", claims.sid, exc.status)
-            finally:
-                self._gateway_logout(token)
         if 0 < new_ttl <= max(remaining, 1):
             self.metrics.lease_bounds.labels("ok").inc()
             return new_ttl
@@ -546,9 +640,12 @@ class Gateway:
         rec = self.registry.get(sid)
         if rec is None:
             raise RequestRejected("unknown_session", "no such session", status=404)
+        state = rec.state
+        if state != ACTIVE and rec.leases:
+            state = REVOCATION_PENDING  # ended, but not everything is confirmed revoked
         return {
             "sid": rec.sid,
-            "state": rec.state,
+            "state": state,
             "tenant": rec.tenant,
             "agent": rec.agent,
             "agent_role": rec.agent_role,
@@ -563,6 +660,9 @@ class Gateway:
         result = self.registry.end(sid, exp, reason)
         self._drop_local(sid)
         revoked = self.revoke_leases(sid, list(result.leases)) if result.leases else 0
+        pending = len(result.leases) - revoked
+        if pending:
+            self._retry_at[sid] = (time.monotonic() + _RETRY_FIRST, _RETRY_FIRST)
         if result.transitioned:
             self.metrics.session_ends.labels(reason).inc()
             log.info(
@@ -572,7 +672,14 @@ class Gateway:
                 revoked,
                 (time.perf_counter() - started) * 1000,
             )
-        return {"sid": sid, "state": "ended", "leases_revoked": revoked}
+        # Tell the truth: a session whose credentials are not all confirmed revoked is
+        # not "ended" yet; the sweeper retries with backoff and the metric carries it.
+        return {
+            "sid": sid,
+            "state": REVOCATION_PENDING if pending else "ended",
+            "leases_revoked": revoked,
+            "revocation_pending": pending,
+        }
 
     def revoke_leases(self, sid: str, lease_ids: list[str]) -> int:
         """Revoke with the gateway's own identity; its token dies right after."""
@@ -585,9 +692,20 @@ class Gateway:
             raise
         done = 0
         try:
-            for lease in lease_ids:
+            # Leases first (each revocation drops its user synchronously), then the
+            # anchor tokens, whose revocation takes any lease the registry missed.
+            for lease in sorted(lease_ids, key=lambda e: e.startswith(ACCESSOR_PREFIX)):
                 try:
-                    self.bao.write("sys/leases/revoke", {"lease_id": lease}, token=token.reveal())
+                    if lease.startswith(ACCESSOR_PREFIX):
+                        self.bao.write(
+                            "auth/token/revoke-accessor",
+                            {"accessor": lease[len(ACCESSOR_PREFIX) :]},
+                            token=token.reveal(),
+                        )
+                    else:
+                        self.bao.write(
+                            "sys/leases/revoke", {"lease_id": lease}, token=token.reveal()
+                        )
                 except OpenBaoError as exc:
                     self.metrics.revoke_failures.labels("openbao").inc()
                     log.warning("lease revoke failed sid=%s status=%s", sid, exc.status)
@@ -643,12 +761,24 @@ class Gateway:
             rec = self.registry.get(sid)
             self.end_session(sid, exp=rec.exp if rec else int(now), reason="expired")
             n += 1
+        mono = time.monotonic()
         for sid in self.registry.pending():
+            due, delay = self._retry_at.get(sid, (0.0, _RETRY_FIRST / 2))
+            if mono < due:
+                continue
             leases = self.registry.leases(sid)
-            if leases:
-                self.revoke_leases(sid, leases)
-            else:  # its lease set expired with the record: nothing left to revoke
+            if not leases:  # its lease set expired with the record: nothing left to revoke
                 self.registry.clear_pending(sid)
+                self._retry_at.pop(sid, None)
+                continue
+            done = 0
+            with contextlib.suppress(ClawQLError):
+                done = self.revoke_leases(sid, leases)
+            if done < len(leases):  # back off: 1 s, 2 s, 4 s … at most 5 minutes
+                delay = min(delay * 2, _RETRY_MAX)
+                self._retry_at[sid] = (mono + delay, delay)
+            else:
+                self._retry_at.pop(sid, None)
         self.metrics.pending_revocation.set(self.registry.count_pending())
         with self._local_lock:
             local_sids = list(self._local)

@@ -14,16 +14,21 @@ from __future__ import annotations
 import hashlib
 
 from clawql_secrets.cluster.layout import NODE_IDS, WORKLOAD_ISSUER_URL, StackSettings
-from clawql_secrets.gateway import session_issuer
+from clawql_secrets.gateway import exchange, session_issuer
 from clawql_secrets.gateway.config import (
+    DatabaseTarget,
+    ExchangeSettings,
     GatewayConfig,
     GatewayIdentity,
     MariaDBTarget,
     OpenBaoSettings,
     PostgresTarget,
     RegistrySettings,
+    RolePolicy,
     SessionTrust,
 )
+from clawql_secrets.provision.model import DesiredState
+from clawql_secrets.provision.render import db_role_name
 from clawql_secrets.tlsca import LocalCA
 
 # examples/clawql.yaml, role integrator: cert_sans (OpenBao's PKI role allows only this).
@@ -37,12 +42,21 @@ def demo_target_ca(settings: StackSettings) -> LocalCA:
     return LocalCA.load_or_create(settings.demo_target_ca_dir, DEMO_TARGET_CA_NAME)
 
 
-def stack_gateway_config(settings: StackSettings) -> GatewayConfig:
+def stack_gateway_config(
+    settings: StackSettings, state: DesiredState | None = None
+) -> GatewayConfig:
+    """The local gateway's configuration, derived from the desired state ``up`` applies
+    (the example unless given): the same exchange trust, roles and databases that
+    OpenBao was configured with, so the gateway and OpenBao cannot disagree."""
+    from clawql_secrets.provision.localstack import load_example  # it imports cluster.stack
+
     s = settings
     session_issuer.load_issuer(s.data_dir)  # creates the session issuer's key once
+    state = state if state is not None else load_example(s)
     target_ca = demo_target_ca(s)  # likewise the demo destination's CA (key 0600)
     # One registry namespace per stack, so two stacks can share one Redis.
     tag = hashlib.sha256(str(s.data_dir.resolve()).encode()).hexdigest()[:12]
+    x = state.exchange
     return GatewayConfig(
         host=s.host,
         port=s.gateway_port,
@@ -50,27 +64,22 @@ def stack_gateway_config(settings: StackSettings) -> GatewayConfig:
             addrs=[s.api_addr(n) for n in NODE_IDS], ca_file=s.node_ca_dir / "ca.pem"
         ),
         sessions=SessionTrust(
-            jwks_file=session_issuer.issuer_dir(s.data_dir) / "jwks.json", mount="agents"
+            jwks_file=session_issuer.issuer_dir(s.data_dir) / "jwks.json",
+            audience=s.gateway_addr,
+            mount=x.mount,
         ),
+        exchange=ExchangeSettings(
+            key_file=exchange.stack_key_dir(s.data_dir) / exchange.KEY_FILE,
+            issuer=x.issuer,
+            audience=x.audience,
+            actor=x.actor,
+        ),
+        roles={r.name: RolePolicy(tools=list(r.tools)) for r in state.roles},
         identity=GatewayIdentity(
             local_issuer_dir=s.issuer_dir, local_issuer_url=WORKLOAD_ISSUER_URL
         ),
         registry=RegistrySettings(prefix=f"clawql:gw:{tag}"),
-        databases={
-            "pg_main": PostgresTarget(
-                host="127.0.0.1",
-                port=5432,
-                dbname="clawql",
-                creds_role_template="{tenant}-{agent_role}-pg_main",
-            ),
-            "maria_main": MariaDBTarget(
-                kind="mariadb",
-                host="127.0.0.1",
-                port=3306,
-                dbname="{tenant}",
-                creds_role_template="{tenant}-{agent_role}-maria_main",
-            ),
-        },
+        databases=sql_targets(state),
         tools={
             "http.request": {
                 "ca_file": str(target_ca.cert_path),
@@ -85,3 +94,25 @@ def stack_gateway_config(settings: StackSettings) -> GatewayConfig:
             }
         },
     )
+
+
+def sql_targets(state: DesiredState) -> dict[str, DatabaseTarget]:
+    """One ``sql.query`` target per database of the desired state, named like it, reading
+    ``database/creds/<tenant>-<role>-<connection>`` (``provision.render``)."""
+    out: dict[str, DatabaseTarget] = {}
+    for db in state.databases:
+        template = db_role_name("{agent_role}", "{tenant}", db.name)
+        if db.engine == "postgresql":
+            out[db.name] = PostgresTarget(
+                host=db.host, port=db.port, dbname=db.database, creds_role_template=template
+            )
+        else:
+            # One database per tenant on MariaDB, named like the tenant's schema.
+            out[db.name] = MariaDBTarget(
+                kind="mariadb",
+                host=db.host,
+                port=db.port,
+                dbname="{tenant}",
+                creds_role_template=template,
+            )
+    return out

@@ -63,8 +63,13 @@ class Metrics:
         )
         self.lease_bounds = Counter(
             "clawql_gateway_lease_bounds",
-            "Leases shortened to their session's remaining life, by outcome",
+            "Leases set to their session's remaining life, by outcome",
             ["outcome"],
+            registry=r,
+        )
+        self.anchors = Counter(
+            "clawql_gateway_session_anchors",
+            "Session anchor tokens created (one per credential a session first uses)",
             registry=r,
         )
         self.active = Gauge(

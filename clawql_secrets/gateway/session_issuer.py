@@ -18,7 +18,8 @@ from clawql_secrets.gateway.jwt_check import NAME_RE
 from clawql_secrets.issuer import LocalIssuer
 
 SESSIONS_ISSUER_URL = "https://sessions.clawql.local"
-SESSION_AUDIENCE = "clawql-gateway"
+# The default canonical URI of a gateway (the local stack's sets its own address).
+SESSION_AUDIENCE = "http://127.0.0.1:18270"
 MAX_SESSION_TTL = 3600
 _TTL_RE = re.compile(r"^(\d+)([smh]?)$")
 
@@ -45,8 +46,14 @@ def parse_ttl(text: str) -> int:
     return seconds
 
 
-def issue(issuer: LocalIssuer, *, tenant: str, agent: str, role: str, ttl: int) -> str:
-    """A signed session JWT with a fresh ``sid``; ``sub`` is ``tenant/agent``."""
+def issue(
+    issuer: LocalIssuer, *, tenant: str, agent: str, role: str, ttl: int, audience: str
+) -> str:
+    """A signed session JWT with a fresh ``sid``; ``sub`` is ``tenant/agent``.
+
+    ``audience`` is the gateway's canonical URI (RFC 8707): the token opens that
+    gateway and nothing else (OpenBao trusts only the gateway's exchange key).
+    """
     for what, value in (("tenant", tenant), ("agent", agent), ("role", role)):
         if not NAME_RE.fullmatch(value):
             raise InputError(
@@ -57,7 +64,7 @@ def issue(issuer: LocalIssuer, *, tenant: str, agent: str, role: str, ttl: int) 
         raise InputError(f"session TTL {ttl}s is outside 1s..{MAX_SESSION_TTL}s")
     return issuer.mint(
         f"{tenant}/{agent}",
-        SESSION_AUDIENCE,
+        audience,
         ttl=ttl,
         sid=secrets.token_urlsafe(18),
         tenant=tenant,

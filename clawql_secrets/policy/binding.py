@@ -58,11 +58,19 @@ def _roles(client: OpenBaoClient, token: str, mount: str) -> list[str]:
     return sorted(str(k) for k in (resp.get("data") or {}).get("keys") or [])
 
 
+# The session anchor role of agent role <role> (ADR 0010) carries the same policy.
+SESSION_SUFFIX = ".session"
+
+
 def wanted_policies(client: OpenBaoClient, token: str, role: str) -> tuple[str, ...]:
-    """What the role's logins must carry: its own approved policy, or nothing."""
-    if not ROLE_RE.fullmatch(role):
+    """What the role's logins must carry: its own approved policy, or nothing.
+
+    ``<role>`` and its session anchor ``<role>.session`` both carry ``agent-<role>``.
+    """
+    base = role.removesuffix(SESSION_SUFFIX)
+    if not ROLE_RE.fullmatch(base):
         return ()
-    name = POLICY_PREFIX + role
+    name = POLICY_PREFIX + base
     return (name,) if _policy_exists(client, token, name) else ()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from clawql_secrets.cluster import bootstrap
 from clawql_secrets.errors import InputError
+from clawql_secrets.gateway import exchange
 from clawql_secrets.policy import generate, lint, matrix
 from clawql_secrets.policy.changes import ApprovalController, ChangeStore
 from clawql_secrets.provision import loader
@@ -92,9 +93,10 @@ def _lint(args: argparse.Namespace) -> int:
 
 def _test(args: argparse.Namespace) -> int:
     state = loader.load(args.config)
-    _, client, issuer = open_stack(args.data_dir)
+    _, client, _issuer = open_stack(args.data_dir)
+    key = exchange.stack_key_dir(args.data_dir) / exchange.KEY_FILE
     with client:
-        result = matrix.run(client, state, issuer.mint)
+        result = matrix.run(client, state, exchange.minter(key, state.exchange.issuer))
     print(result.render())
     return 0 if result.ok else 1
 
@@ -108,7 +110,7 @@ def _controller(args: argparse.Namespace) -> tuple[Any, ApprovalController]:
         token,
         state.approvals,
         workload_accessor(client, token),
-        agents_mount=state.session_issuer.mount,
+        agents_mount=state.exchange.mount,
     )
 
 
@@ -117,7 +119,7 @@ def _propose(args: argparse.Namespace) -> int:
     _, client, issuer = open_stack(args.data_dir)
     with client:
         prov = Provisioner(client, bootstrap.login(client, issuer, bootstrap.PROVISIONER))
-        accessor = prov.accessor(state.session_issuer.mount)
+        accessor = prov.accessor(state.exchange.mount)
         if accessor is None:
             raise InputError("run `apply` first: the agents' auth mount does not exist yet")
         policies = generate.generate(state, accessor)

@@ -183,13 +183,24 @@ def build(state: DesiredState) -> list[Case]:
 def run(
     client: OpenBaoClient, state: DesiredState, mint: Mint, cases: list[Case] | None = None
 ) -> MatrixResult:
-    si = state.session_issuer
+    si = state.exchange
     cases = build(state) if cases is None else cases
     result = MatrixResult()
     tokens: dict[tuple[str, Agent], str] = {}
 
     def login(role: str, a: Agent) -> str:
-        jwt = mint(a.subject, si.audience, ttl=120, tenant=a.tenant, agent=a.agent, agent_role=role)
+        # An exchange assertion as the gateway signs it (ADR 0010): the only JWT the
+        # agents' mount takes. ``mint`` signs with the gateway's exchange key.
+        jwt = mint(
+            a.subject,
+            si.audience,
+            ttl=60,
+            tenant=a.tenant,
+            agent=a.agent,
+            agent_role=role,
+            sid=f"matrix-{a.tenant}-{a.agent}",
+            act={"sub": si.actor},
+        )
         resp = client.request(
             "POST", f"auth/{si.mount}/login", body={"role": role, "jwt": jwt}, token=""
         )

@@ -78,7 +78,7 @@ def _plan(args: argparse.Namespace) -> int:
     _, client, issuer = open_stack(args.data_dir)
     with client:
         prov = Provisioner(client, bootstrap.login(client, issuer, bootstrap.PROVISIONER))
-        accessor = prov.accessor(state.session_issuer.mount) or "<new-mount>"
+        accessor = prov.accessor(state.exchange.mount) or "<new-mount>"
         policies = lint_or_raise(state, str(args.config), accessor)
         _, plan = prov.plan(state)
         drift = policy_drift(prov, policies)
@@ -95,10 +95,10 @@ def _apply(args: argparse.Namespace) -> int:
     _, client, issuer = open_stack(args.data_dir)
     with client:
         prov = Provisioner(client, bootstrap.login(client, issuer, bootstrap.PROVISIONER))
-        lint_or_raise(state, str(args.config), prov.accessor(state.session_issuer.mount) or "x")
+        lint_or_raise(state, str(args.config), prov.accessor(state.exchange.mount) or "x")
         result = prov.apply(state, progress=lambda m: print(f"  {m}", file=sys.stderr))
         policies = lint_or_raise(
-            state, str(args.config), prov.accessor(state.session_issuer.mount) or "x"
+            state, str(args.config), prov.accessor(state.exchange.mount) or "x"
         )
         drift = policy_drift(prov, policies)
     print(f"applied {len(result.applied)} change(s)" if result.changed else "no changes")

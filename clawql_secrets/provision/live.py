@@ -100,7 +100,7 @@ class Provisioner:
         objects: dict[str, Mapping[str, Any] | None] = {}
         for obj in desired:
             objects[obj.path] = self._project(obj, auth, mounts)
-        mount = state.session_issuer.mount
+        mount = state.exchange.mount
         listed: dict[str, frozenset[str]] = {}
 
         def collect(kind: str, base: str, present: bool) -> None:
@@ -164,7 +164,7 @@ class Provisioner:
 
     # -- planning ---------------------------------------------------------------
     def plan(self, state: DesiredState) -> tuple[list[Obj], diffmod.Plan]:
-        desired = render(state, self.accessor(state.session_issuer.mount))
+        desired = render(state, self.accessor(state.exchange.mount))
         return desired, diffmod.diff(desired, self.read_live(desired, state))
 
     # -- applying ---------------------------------------------------------------
@@ -179,7 +179,7 @@ class Provisioner:
         result = ApplyResult()
         _, plan = self.plan(state)
         self._precheck(plan, state, env)
-        if self.accessor(state.session_issuer.mount) is None:
+        if self.accessor(state.exchange.mount) is None:
             # The accessor is part of rendered templates: create the mount, then re-plan.
             first = [c for c in plan.changes if c.kind == "auth-mount"]
             self._run(first, state, env, result, progress)

@@ -122,12 +122,12 @@ def load(path: Path) -> DesiredState:
 def _inline_key_files(
     data: dict[str, Any], base_dir: Path | None, source: str, b: _Builder
 ) -> None:
-    """``session_issuer.public_key_files`` → ``public_keys`` (paths relative to the file)."""
-    si = data.get("session_issuer")
+    """``exchange.public_key_files`` → ``public_keys`` (paths relative to the file)."""
+    si = data.get("exchange")
     if not isinstance(si, dict) or "public_key_files" not in si:
         return
     files = si.pop("public_key_files")
-    line = b.line_of(("session_issuer", "public_key_files"))
+    line = b.line_of(("exchange", "public_key_files"))
     if not isinstance(files, list) or "public_keys" in si:
         raise ConfigError(
             f"{source}: line {line}: public_key_files must be a list, without public_keys"
@@ -142,4 +142,4 @@ def _inline_key_files(
                 f"{source}: line {line}: cannot read public key file {path} ({type(exc).__name__})"
             ) from exc
     si["public_keys"] = keys
-    b.lines[("session_issuer", "public_keys")] = line or 0
+    b.lines[("exchange", "public_keys")] = line or 0

@@ -23,7 +23,7 @@ from psycopg import sql
 from clawql_secrets.cluster import bootstrap, stack
 from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.errors import BackendError, ConfigError
-from clawql_secrets.gateway import session_issuer
+from clawql_secrets.gateway import exchange
 from clawql_secrets.issuer import LocalIssuer
 from clawql_secrets.policy import generate, lint
 from clawql_secrets.policy.changes import ApprovalController, ChangeStore
@@ -34,7 +34,7 @@ from clawql_secrets.provision.session import person_login, workload_accessor
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clawql.yaml"
 AUTHOR, APPROVERS = "carol", ("alice", "bob")
-_KEY_LINE = "  public_key_files: [../.clawql/sessions-issuer/public.pem]"
+_KEY_LINE = "  public_key_files: [../.clawql/gateway-exchange/public.pem]"
 Progress = Callable[[str], None]
 
 
@@ -47,15 +47,15 @@ class ExampleResult:
 
 
 def load_example(settings: StackSettings, path: Path = EXAMPLE) -> DesiredState:
-    """The example, trusting this stack's session issuer wherever its data dir is."""
-    issuer = session_issuer.load_issuer(settings.data_dir)
+    """The example, trusting this stack's gateway exchange key wherever its data dir is."""
+    public = exchange.load_or_create(exchange.stack_key_dir(settings.data_dir))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read the example desired state {path}") from exc
     if _KEY_LINE not in text:
-        raise ConfigError(f"{path} does not name the session issuer's key as expected")
-    pem = "\n".join("      " + ln for ln in issuer.public_pem().strip().splitlines())
+        raise ConfigError(f"{path} does not name the gateway's exchange key as expected")
+    pem = "\n".join("      " + ln for ln in exchange.public_pem(public).strip().splitlines())
     text = text.replace(_KEY_LINE, "  public_keys:\n    - |\n" + pem)
     return loader.parse(text, str(path))
 
@@ -160,7 +160,7 @@ def provision_example(
         progress("applying examples/clawql.yaml as the provisioner")
         result.applied = len(prov.apply(state, env=env).applied)
         env.clear()
-        accessor = prov.accessor(state.session_issuer.mount)
+        accessor = prov.accessor(state.exchange.mount)
         if accessor is None:
             raise BackendError("the agents' auth mount is missing after apply")
         policies = generate.generate(state, accessor)
@@ -171,7 +171,7 @@ def provision_example(
         ctl_token = bootstrap.login(client, issuer, bootstrap.APPROVAL_CONTROLLER)
         ctl = ApprovalController(
             client, ctl_token, state.approvals, workload_accessor(client, ctl_token),
-            agents_mount=state.session_issuer.mount,
+            agents_mount=state.exchange.mount,
         )  # fmt: skip
         if changed:
             progress(f"four-eyes: {AUTHOR} proposes, {' and '.join(APPROVERS)} approve (demo)")

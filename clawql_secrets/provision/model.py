@@ -11,6 +11,7 @@ name the line.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -96,21 +97,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class SessionIssuer(_Strict):
-    """The platform's session issuer, trusted by the agents' JWT auth mount."""
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a CIDR block such as 10.0.4.0/24") from exc
 
-    issuer: Url
-    audience: Audience
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
+class Exchange(_Strict):
+    """The gateway's exchange assertions: the only JWTs the agents' auth mount trusts.
+
+    Not the platform's session issuer: an agent's own session JWT must open
+    nothing in OpenBao (ADR 0010). The gateway signs a seconds-lived assertion
+    per call naming the agent (subject) and itself (``act.sub``); each agent
+    role gets two JWT roles: ``<role>`` (per-call batch tokens living
+    ``call_token_ttl``) and ``<role>.session`` (the session's anchor service
+    token, created with ``anchor_ttl`` and set by the gateway to the session's
+    remaining life at once).
+    """
+
+    issuer: Url = "https://gateway.clawql.local/exchange"
+    audience: Audience = "openbao-agent-exchange"
+    actor: Audience = "clawql-gateway"
     jwks_url: Url | None = None
     public_keys: tuple[str, ...] | None = None
-    algorithms: tuple[Literal["ES256", "ES384", "RS256", "EdDSA"], ...] = ("ES256",)
+    algorithms: tuple[Literal["EdDSA", "ES256"], ...] = ("EdDSA",)
     # Must be globally unique per agent (``<tenant>/<agent>``): it is the alias name.
     user_claim: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")] = "sub"
     mount: Name = "agents"
-    token_type: Literal["service", "batch"] = "service"
+    call_token_ttl: Annotated[Duration, Field(ge=2, le=300)] = 15
+    anchor_ttl: Annotated[Duration, Field(ge=2, le=60)] = 10
+    # The gateway's addresses: agent tokens are usable from there only.
+    bound_cidrs: tuple[Cidr, ...] = ()
 
     @model_validator(mode="after")
-    def _one_trust_source(self) -> SessionIssuer:
+    def _one_trust_source(self) -> Exchange:
         if (self.jwks_url is None) == (self.public_keys is None):
             raise ValueError("give exactly one of jwks_url or public_keys")
         for pem in self.public_keys or ():
@@ -236,7 +260,7 @@ class Approvals(_Strict):
 
 class DesiredState(_Strict):
     version: Literal[1]
-    session_issuer: SessionIssuer
+    exchange: Exchange
     tenants: tuple[Tenant, ...] = Field(min_length=1)
     databases: tuple[Database, ...] = ()
     roles: tuple[AgentRole, ...] = ()
@@ -244,6 +268,16 @@ class DesiredState(_Strict):
     services: tuple[Service, ...] = ()
     cloud: Cloud | None = None
     approvals: Approvals
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_session_issuer(cls, data: object) -> object:
+        if isinstance(data, dict) and "session_issuer" in data:
+            raise ValueError(
+                "session_issuer: replaced by exchange: OpenBao no longer trusts the session "
+                "issuer, only the gateway's exchange key (docs/adr/0010-exchange-assertion.md)"
+            )
+        return data
 
     @model_validator(mode="after")
     def _references(self) -> DesiredState:

@@ -28,7 +28,15 @@ PKI_ROOT = "pki"
 PKI_INT = "pki_int"
 # Every role on the mount maps the same claims: alias metadata is last-login-wins,
 # so one role without a mapping would wipe ``tenant`` for every token of the entity.
-CLAIM_MAPPINGS = {"tenant": "tenant", "agent": "agent", "agent_role": "agent_role"}
+# The session id and the acting gateway ride along so that the token's metadata, and
+# so every audit entry of the call, names both the agent and the gateway.
+CLAIM_MAPPINGS = {
+    "tenant": "tenant",
+    "agent": "agent",
+    "agent_role": "agent_role",
+    "sid": "sid",
+    "/act/sub": "actor",
+}
 
 # Creation order; deletes run in reverse.
 ORDER = (
@@ -50,6 +58,7 @@ UNORDERED = frozenset(
     {
         "allowed_domains",
         "bound_audiences",
+        "token_bound_cidrs",
         "allowed_roles",
         "allowed_client_ids",
         "jwt_validation_pubkeys",
@@ -171,9 +180,9 @@ PLUGINS = {"postgresql": "postgresql-database-plugin", "mariadb": "mysql-databas
 def render(state: DesiredState, accessor: str | None = None) -> list[Obj]:
     """All objects, in creation order."""
     acc = accessor or ACCESSOR_PLACEHOLDER
-    si = state.session_issuer
+    si = state.exchange
     out: list[Obj] = []
-    # JWT auth for agent sessions.
+    # JWT auth for agents: it trusts the gateway's exchange key only (ADR 0010).
     out.append(_obj("auth-mount", f"sys/auth/{si.mount}", {"type": "jwt"}, create_only=True))
     cfg: dict[str, Any] = {"bound_issuer": si.issuer, "jwt_supported_algs": list(si.algorithms)}
     if si.jwks_url:
@@ -182,7 +191,8 @@ def render(state: DesiredState, accessor: str | None = None) -> list[Obj]:
         cfg["jwt_validation_pubkeys"] = [k.strip() + "\n" for k in si.public_keys or ()]
     out.append(_obj("jwt-config", f"auth/{si.mount}/config", cfg))
     for role in state.roles:
-        out.append(_obj("jwt-role", f"auth/{si.mount}/role/{role.name}", _jwt_role(state, role)))
+        for name, role_body in jwt_roles(state, role).items():
+            out.append(_obj("jwt-role", f"auth/{si.mount}/role/{name}", role_body))
     # KV v2 for injected secrets (bootstrap creates it; we insist on its type and
     # on keeping no older version of any secret).
     out.append(
@@ -379,19 +389,47 @@ def service_role(svc: Service) -> dict[str, Any]:
     }
 
 
-def _jwt_role(state: DesiredState, role: AgentRole) -> dict[str, Any]:
-    si = state.session_issuer
-    return {
+SESSION_ROLE_SUFFIX = ".session"
+
+
+def jwt_roles(state: DesiredState, role: AgentRole) -> dict[str, dict[str, Any]]:
+    """The agent role's two JWT roles on the agents' mount (ADR 0010).
+
+    ``<role>``: per-call batch tokens living ``call_token_ttl`` (no raft write,
+    never revocable, so seconds-lived); ``<role>.session``: the session's anchor,
+    a service token created with the short ``anchor_ttl`` that the gateway sets to
+    the session's remaining life at once (never beyond ``max_session``); the leases
+    of the session's credentials hang off it. Both take the gateway's exchange
+    assertions only: audience, actor (``/act/sub``), tenant and role are bound, and
+    the claims the audit log needs (tenant, agent, role, session, actor) are mapped.
+    """
+    x = state.exchange
+    common: dict[str, Any] = {
         "role_type": "jwt",
-        "bound_audiences": [si.audience],
-        "bound_claims": {"tenant": sorted(role.tenants), "agent_role": [role.name]},
+        "bound_audiences": [x.audience],
+        "bound_claims": {
+            "tenant": sorted(role.tenants),
+            "agent_role": [role.name],
+            "/act/sub": [x.actor],
+        },
         "bound_claims_type": "string",
-        "user_claim": si.user_claim,
+        "user_claim": x.user_claim,
         "claim_mappings": dict(CLAIM_MAPPINGS),
         # No token_policies: the provisioner is denied that parameter on every auth
         # path; the approval controller binds agent-<role> (ADR 0007).
-        "token_type": si.token_type,
-        "token_ttl": role.max_session,
-        "token_max_ttl": role.max_session,
         "token_no_default_policy": False,
+        "token_bound_cidrs": list(x.bound_cidrs),
     }
+    call = {
+        **common,
+        "token_type": "batch",
+        "token_ttl": x.call_token_ttl,
+        "token_max_ttl": x.call_token_ttl,
+    }
+    anchor = {
+        **common,
+        "token_type": "service",
+        "token_ttl": min(x.anchor_ttl, role.max_session),
+        "token_max_ttl": role.max_session,
+    }
+    return {role.name: call, role.name + SESSION_ROLE_SUFFIX: anchor}
