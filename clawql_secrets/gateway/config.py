@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clawql_secrets.errors import ConfigError
 from clawql_secrets.gateway.anomaly import AnomalySettings
+from clawql_secrets.gateway.edge_settings import EdgeLimits
 from clawql_secrets.gateway.session_issuer import SESSION_AUDIENCE, SESSIONS_ISSUER_URL
 
 
@@ -153,6 +154,8 @@ class GatewayConfig(_Strict):
     databases: dict[str, DatabaseTarget] = {}
     sql: SQLLimits = SQLLimits()
     anomaly: AnomalySettings = AnomalySettings()
+    # Fair shares of tool calls, body read timeout, JSON depth (the HTTP edge).
+    edge: EdgeLimits = EdgeLimits()
     # Each tool plugin's own settings, by tool name; the plugin validates its entry.
     tools: dict[str, dict[str, Any]] = {}
     max_body_bytes: int = Field(default=65_536, ge=1024, le=16_000_000)

@@ -662,7 +662,7 @@ class Gateway:
         revoked = self.revoke_leases(sid, list(result.leases)) if result.leases else 0
         pending = len(result.leases) - revoked
         if pending:
-            self._retry_at[sid] = (time.monotonic() + _RETRY_FIRST, _RETRY_FIRST)
+            self._retry_at[sid] = (self.clock() + _RETRY_FIRST, _RETRY_FIRST)
         if result.transitioned:
             self.metrics.session_ends.labels(reason).inc()
             log.info(
@@ -761,7 +761,7 @@ class Gateway:
             rec = self.registry.get(sid)
             self.end_session(sid, exp=rec.exp if rec else int(now), reason="expired")
             n += 1
-        mono = time.monotonic()
+        mono = self.clock()
         for sid in self.registry.pending():
             due, delay = self._retry_at.get(sid, (0.0, _RETRY_FIRST / 2))
             if mono < due:

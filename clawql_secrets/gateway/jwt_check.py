@@ -15,7 +15,8 @@ Verification checklist (each step tagged below):
 5. ``iss`` and ``aud`` exact; ``exp``/``nbf``/``iat`` against ``now`` with a
    bounded clock skew; the lifetime ``exp - iat`` bounded.
 6. Session claims: ``tenant``/``agent_role``/``sid`` well-formed and ``sub``
-   is ``<tenant>/<agent>`` so that a subject is unique across tenants.
+   is ``<tenant>/<agent>`` so that a subject is unique across tenants; names
+   in the one grammar the desired state uses (``clawql_secrets.names``).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ import jwt
 from jwt.api_jws import PyJWS
 
 from clawql_secrets.gateway.errors import TokenMalformed, TokenRejected
+from clawql_secrets.names import AGENT_RE, ROLE_RE, TENANT_RE
 
 # HMAC and "none" are absent on purpose: with a published key, an HMAC token
 # could be "signed" by anyone holding the public key.
 ALLOWED_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"})
 SESSION_CLAIMS = ("iss", "aud", "sub", "sid", "tenant", "agent_role", "iat", "nbf", "exp", "jti")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# The agent part of ``sub`` (``clawql_secrets.names``); kept for importers.
+NAME_RE = AGENT_RE
 SID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]*$")
 
@@ -203,8 +206,8 @@ def verify_session(token: str, keys: KeySet, policy: JWTPolicy, *, now: float) -
         claims.get(k) for k in ("tenant", "agent_role", "sid", "sub", "jti")
     )
     for name, value, pattern in (
-        ("tenant", tenant, NAME_RE),
-        ("agent_role", role, NAME_RE),
+        ("tenant", tenant, TENANT_RE),
+        ("agent_role", role, ROLE_RE),
         ("sid", sid, SID_RE),
     ):
         if not isinstance(value, str) or not pattern.fullmatch(value):
@@ -214,7 +217,7 @@ def verify_session(token: str, keys: KeySet, policy: JWTPolicy, *, now: float) -
     if not isinstance(sub, str) or not isinstance(tenant, str):
         raise TokenRejected("token_bad_claim", "the JWT claim 'sub' is malformed")
     prefix, _, agent = sub.partition("/")
-    if prefix != tenant or not NAME_RE.fullmatch(agent):
+    if prefix != tenant or not AGENT_RE.fullmatch(agent):
         raise TokenRejected(
             "token_bad_claim", "the JWT subject must be '<tenant>/<agent>' of its own tenant"
         )

@@ -14,8 +14,8 @@ import secrets
 from pathlib import Path
 
 from clawql_secrets.errors import InputError
-from clawql_secrets.gateway.jwt_check import NAME_RE
 from clawql_secrets.issuer import LocalIssuer
+from clawql_secrets.names import check_agent, check_role, check_tenant
 
 SESSIONS_ISSUER_URL = "https://sessions.clawql.local"
 # The default canonical URI of a gateway (the local stack's sets its own address).
@@ -47,19 +47,25 @@ def parse_ttl(text: str) -> int:
 
 
 def issue(
-    issuer: LocalIssuer, *, tenant: str, agent: str, role: str, ttl: int, audience: str
+    issuer: LocalIssuer,
+    *,
+    tenant: str,
+    agent: str,
+    role: str,
+    ttl: int,
+    audience: str = SESSION_AUDIENCE,
 ) -> str:
     """A signed session JWT with a fresh ``sid``; ``sub`` is ``tenant/agent``.
 
     ``audience`` is the gateway's canonical URI (RFC 8707): the token opens that
     gateway and nothing else (OpenBao trusts only the gateway's exchange key).
     """
-    for what, value in (("tenant", tenant), ("agent", agent), ("role", role)):
-        if not NAME_RE.fullmatch(value):
-            raise InputError(
-                f"invalid {what} {value!r}",
-                fix="lower-case letters, digits and '-', at most 63, starting alphanumeric",
-            )
+    # The grammar the gateway checks and the desired state declares (``names``).
+    for check, value in ((check_tenant, tenant), (check_agent, agent), (check_role, role)):
+        try:
+            check(value)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
     if not 0 < ttl <= MAX_SESSION_TTL:
         raise InputError(f"session TTL {ttl}s is outside 1s..{MAX_SESSION_TTL}s")
     return issuer.mint(

@@ -16,16 +16,12 @@ rerun at any time, e.g. after the provisioner recreated a role.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import OpenBaoError
+from clawql_secrets.names import ROLE_RE as ROLE_RE
 from clawql_secrets.policy.generate import POLICY_PREFIX
-
-# Role names the desired state (``[a-z][a-z0-9_]*``) and the gateway
-# (``[a-z0-9][a-z0-9-]*``) produce; never a comma, slash or glob character.
-ROLE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,16 @@ def provision_example(
     settings: StackSettings, progress: Progress, example: Path = EXAMPLE
 ) -> ExampleResult:
     """Seed, apply, and put the generated policies through four-eyes with demo people."""
-    state = load_example(settings, example)
+    return provision_state(settings, load_example(settings, example), progress)
+
+
+def provision_state(
+    settings: StackSettings, state: DesiredState, progress: Progress
+) -> ExampleResult:
+    """What ``up`` does with the example, for any desired state: seed its databases on
+    this machine, apply it as the provisioner, and take its policies through four-eyes
+    with the demo people. The live tests and benchmarks provision through here, so they
+    run OpenBao exactly as ``up`` configures it."""
     issuer = LocalIssuer.load(settings.issuer_dir, stack.ISSUER_URL)
     result = ExampleResult(tenants=[t.name for t in state.tenants])
     with stack.client_for(settings, retry_for=20) as client:
@@ -157,7 +166,7 @@ def provision_example(
                   if c.kind == "db-connection" and c.action != "delete"}  # fmt: skip
         progress("seeding tenant schemas in PostgreSQL and MariaDB")
         env = seed_databases(state, writes)
-        progress("applying examples/clawql.yaml as the provisioner")
+        progress("applying the desired state as the provisioner")
         result.applied = len(prov.apply(state, env=env).applied)
         env.clear()
         accessor = prov.accessor(state.exchange.mount)

@@ -98,10 +98,12 @@ class _Strict(BaseModel):
 
 
 def _cidr(value: str) -> str:
+    """A CIDR block in OpenBao's own spelling (a single address without ``/32``)."""
     try:
-        return str(ipaddress.ip_network(value, strict=True))
+        net = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a CIDR block such as 10.0.4.0/24") from exc
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]

@@ -419,6 +419,12 @@ def jwt_roles(state: DesiredState, role: AgentRole) -> dict[str, dict[str, Any]]
         # path; the approval controller binds agent-<role> (ADR 0007).
         "token_no_default_policy": False,
         "token_bound_cidrs": list(x.bound_cidrs),
+        # An assertion is dead at its own exp (OpenBao's default leeway is 150 s):
+        # a replay outlives the gateway's intent by nothing. A few seconds of skew
+        # are tolerated on nbf/iat only.
+        "expiration_leeway": -1,
+        "not_before_leeway": 5,
+        "clock_skew_leeway": 5,
     }
     call = {
         **common,

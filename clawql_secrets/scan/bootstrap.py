@@ -49,6 +49,12 @@ CATALOG: Final[tuple[BootstrapItem, ...]] = (
         "local session issuer key: agent sessions (the platform's issuer in production)",
     ),
     BootstrapItem(
+        "gateway_exchange_key",
+        "gateway-exchange/signing.key",
+        "gateway exchange key: signs the assertions OpenBao trusts for agent tokens "
+        "(ADR 0010; rotate by listing a new public key in exchange.public_keys first)",
+    ),
+    BootstrapItem(
         "holder_identity", "holders/*.key", "DEV ONLY: a recovery key holder's age identity"
     ),
 )

@@ -56,8 +56,19 @@ def setup(tmp_path: Path) -> tuple[Gateway, FakeBao, MemoryRegistry]:
     fake = FakeBao()
     bao = mock_openbao(fake)
     registry = MemoryRegistry()
-    gw = Gateway(cfg, bao=bao, registry=registry, tools={})
+    gw = Gateway(cfg, bao=bao, registry=registry, tools={}, clock=CLOCK)
     return gw, fake, registry
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = _Clock()
 
 
 def _session(registry: MemoryRegistry, sid: str, leases: int) -> list[str]:
@@ -81,14 +92,25 @@ def test_openbao_refusing_revocations_is_counted_and_swept_later(
     leases = _session(registry, "s" * 24, 2)
     fake.fail_revoke = True
     out = gw.end_session("s" * 24, exp=2**31, reason="ended")
+    # The answer tells the truth: not "ended" while credentials may still work.
     assert out["leases_revoked"] == 0
+    assert out["state"] == "revocation_pending" and out["revocation_pending"] == 2
+    assert gw.session_info("s" * 24)["state"] == "revocation_pending"
     assert _value(gw, "clawql_gateway_lease_revoke_failures_total", cause="openbao") == 2
+    gw.sweep()  # within the first backoff: not retried yet
+    assert _value(gw, "clawql_gateway_lease_revoke_failures_total", cause="openbao") == 2
+    CLOCK.now += 1.5
     gw.sweep()  # still failing: retried, counted again, still pending
     assert _value(gw, "clawql_gateway_lease_revoke_failures_total", cause="openbao") == 4
     assert _value(gw, "clawql_gateway_sessions_pending_revocation") == 1
     assert registry.leases("s" * 24) == sorted(leases)
+    CLOCK.now += 1.5
+    gw.sweep()  # the delay doubled (2 s): not yet
+    assert _value(gw, "clawql_gateway_lease_revoke_failures_total", cause="openbao") == 4
     fake.fail_revoke = False
+    CLOCK.now += 1.0
     gw.sweep()
+    assert gw.session_info("s" * 24)["state"] == "ended"
     assert registry.leases("s" * 24) == []
     assert registry.pending() == []
     assert _value(gw, "clawql_gateway_leases_revoked_total") == 2

@@ -8,8 +8,6 @@ is revoked at the bound, not at twice the bound.
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -28,7 +26,7 @@ from clawql_secrets.gateway.errors import AccessDenied, TokenRejected
 from clawql_secrets.gateway.jwt_check import SessionClaims
 from clawql_secrets.gateway.registry import ACTIVE, ENDED, Opened, RedisRegistry
 from clawql_secrets.gateway.tools import ToolContext
-from tests.gateway.fakes import mock_openbao, unit_config
+from tests.gateway.fakes import LOGIN_PATH, login_response, mock_openbao, unit_config
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -118,12 +116,8 @@ def _gateway(tmp_path: Path, prefix: str, anomaly: dict[str, Any]) -> Gateway:
     )
 
     def fake_openbao(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/auth/sessions/login":
-            seg = json.loads(request.content)["jwt"].split(".")[1]
-            claims = json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))
-            meta = {"tenant": claims["tenant"], "agent_role": claims["agent_role"]}
-            token = "s." + secrets.token_urlsafe(24)
-            return httpx.Response(200, json={"auth": {"client_token": token, "metadata": meta}})
+        if request.url.path == LOGIN_PATH:
+            return login_response(request, "s." + secrets.token_urlsafe(24))
         return httpx.Response(403, json={"errors": ["permission denied"]})
 
     bao = mock_openbao(fake_openbao)

@@ -44,6 +44,7 @@ def _config(tmp_path: Path, tools: dict[str, Any]) -> GatewayConfig:
             "openbao": {"addrs": ["https://127.0.0.1:1"], "ca_file": str(tmp_path / "ca.pem")},
             "sessions": {"jwks_file": str(tmp_path / "jwks.json")},
             "identity": {"jwt_file": str(tmp_path / "jwt")},
+            "exchange": {"key_file": str(tmp_path / "exchange.key")},
             "tools": tools,
         }
     )

@@ -17,9 +17,9 @@ def valid_yaml(**replace: str) -> str:
     pem = "\n".join("      " + line for line in _KEY.strip().splitlines())
     text = f"""\
 version: 1
-session_issuer:
-  issuer: https://issuer.example
-  audience: clawql-gateway
+exchange:
+  issuer: https://gateway.example/exchange
+  audience: openbao-agent-exchange
   public_keys:
     - |
 {pem}

@@ -90,7 +90,28 @@ def test_every_jwt_role_has_the_same_claim_mappings_and_unique_user_claim() -> N
     for r in roles:
         assert r.body["claim_mappings"] == CLAIM_MAPPINGS
         assert r.body["user_claim"] == "sub"
-        assert r.body["bound_claims"]["agent_role"] == [r.path.rsplit("/", 1)[1]]
+        name = r.path.rsplit("/", 1)[1]
+        assert r.body["bound_claims"]["agent_role"] == [name.removesuffix(".session")]
+
+
+def test_agent_roles_take_only_the_gateways_assertions_and_bound_their_tokens() -> None:
+    """ADR 0010: per agent role a per-call batch role and a session anchor role, both
+    bound to the gateway as actor, the exchange audience, no expiry leeway."""
+    state = loader.parse(valid_yaml(), "t.yaml")
+    roles = {o.path.rsplit("/", 1)[1]: o.body for o in render(state) if o.kind == "jwt-role"}
+    assert sorted(roles) == ["analyst", "analyst.session"]
+    for body in roles.values():
+        assert body["bound_audiences"] == ["openbao-agent-exchange"]
+        assert body["bound_claims"]["/act/sub"] == ["clawql-gateway"]
+        assert body["claim_mappings"]["/act/sub"] == "actor"
+        assert body["claim_mappings"]["sid"] == "sid"
+        assert body["expiration_leeway"] == -1
+    call, anchor = roles["analyst"], roles["analyst.session"]
+    assert call["token_type"] == "batch" and call["token_ttl"] == call["token_max_ttl"] == 15
+    assert anchor["token_type"] == "service" and anchor["token_ttl"] == 10
+    assert anchor["token_max_ttl"] == state.roles[0].max_session
+    cfg = next(o for o in render(state) if o.kind == "jwt-config")
+    assert cfg.body["bound_issuer"] == "https://gateway.example/exchange"
 
 
 def test_db_role_statements_grant_only_own_schema_and_terminate_on_revoke() -> None:

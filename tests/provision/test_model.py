@@ -259,7 +259,7 @@ def test_example_config_is_valid() -> None:
     text = Path("examples/clawql.yaml").read_text()
     pem = valid_yaml().split("    - |\n")[1].split("tenants:")[0]
     text = text.replace(
-        "  public_key_files: [../.clawql/sessions-issuer/public.pem]\n",
+        "  public_key_files: [../.clawql/gateway-exchange/public.pem]\n",
         "  public_keys:\n    - |\n" + pem,
     )
     state = loader.parse(text, "examples/clawql.yaml")

@@ -30,6 +30,7 @@ EXPECTED_BOOTSTRAP = {
     "bridge_tls_key": 1,
     "issuer_key": 1,
     "session_issuer_key": 1,
+    "gateway_exchange_key": 1,
     "holder_identity": 5,
 }
 

@@ -1,0 +1,121 @@
+"""The shipped configuration, for live tests and benchmarks: what ``up`` runs.
+
+A live test gets OpenBao configured exactly as ``clawql-secrets up`` configures
+it: the example desired state (``examples/clawql.yaml``), applied by the
+provisioner and its policies approved four-eyes (``provision_state``), and a
+gateway whose configuration is derived from that same state
+(``stack_gateway_config``). The only differences are names a test must own on a
+shared machine: its PostgreSQL database and the engines' admin user carry a run
+id, so two stacks (a developer's ``make up`` and a test) never share an admin
+whose password OpenBao rotates. ``extra`` appends YAML (more roles, tenants).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+from psycopg import sql
+
+from clawql_secrets.cluster.layout import StackSettings
+from clawql_secrets.gateway.config import GatewayConfig
+from clawql_secrets.gateway.localstack import stack_gateway_config
+from clawql_secrets.provision.localstack import (
+    EXAMPLE,
+    ExampleResult,
+    load_example,
+    provision_state,
+)
+from clawql_secrets.provision.model import DesiredState
+
+
+@dataclass(frozen=True)
+class Shipped:
+    settings: StackSettings
+    state: DesiredState
+    path: Path  # the desired-state file the test applied
+    run_id: str
+    pg_database: str
+    admin: str
+    result: ExampleResult
+
+    def gateway_config(self, port: int | None = None, **update: Any) -> GatewayConfig:
+        """The gateway configuration ``up`` would write for this state (another port)."""
+        cfg = stack_gateway_config(self.settings, self.state)
+        if port is not None:
+            update["port"] = port
+        return cfg.model_copy(update=update) if update else cfg
+
+
+def example_text(run_id: str, extra: str = "", edit: Callable[[str], str] | None = None) -> str:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    text = text.replace("username: clawql_admin", f"username: cqadmin_{run_id}")
+    text = text.replace("database: clawql\n", f"database: clawql_{run_id}\n")
+    if edit is not None:
+        text = edit(text)
+    return text + extra
+
+
+@contextlib.contextmanager
+def provisioned(
+    settings: StackSettings,
+    directory: Path,
+    *,
+    extra: str = "",
+    edit: Callable[[str], str] | None = None,
+) -> Iterator[Shipped]:
+    """Apply the example (per-run names) to the stack at ``settings``; clean up after."""
+    run_id = secrets.token_hex(3)
+    path = directory / "clawql.yaml"
+    path.write_text(example_text(run_id, extra, edit), encoding="utf-8")
+    state = load_example(settings, path)
+    admin, database = f"cqadmin_{run_id}", f"clawql_{run_id}"
+    try:
+        result = provision_state(settings, state, lambda _: None)
+        yield Shipped(settings, state, path, run_id, database, admin, result)
+    finally:
+        drop_databases(state, database, admin)
+
+
+def _pg(dbname: str = "postgres") -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(host="127.0.0.1", user="postgres", dbname=dbname, autocommit=True)
+
+
+def session_users(database: str) -> list[str]:
+    """Dynamic users OpenBao made on ``database`` (they may use one of its schemas)."""
+    with contextlib.suppress(psycopg.Error), _pg(database) as c:
+        rows = c.execute(
+            "SELECT r.rolname FROM pg_roles r, pg_namespace n WHERE r.rolname LIKE 'v-%%' "
+            "AND n.nspname NOT LIKE 'pg_%%' AND n.nspname <> 'information_schema' "
+            "AND has_schema_privilege(r.oid, n.oid, 'USAGE') AND NOT r.rolsuper"
+        ).fetchall()
+        return sorted({str(r[0]) for r in rows})
+    return []
+
+
+def drop_databases(state: DesiredState, database: str, admin: str) -> None:
+    users = session_users(database)
+    with contextlib.suppress(psycopg.Error), _pg() as c:
+        c.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+        )
+        for name in [*users, admin]:
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [name]
+            )
+            with contextlib.suppress(psycopg.Error):
+                c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    with contextlib.suppress(pymysql.MySQLError):
+        maria = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+        with maria, maria.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{admin}'@'%'")
+    # MariaDB's tenant databases (acme, globex) are the example's, shared with a
+    # developer's stack: kept. Its dynamic users carry no run id; the tests end their
+    # sessions, which drops them.
+    del state
