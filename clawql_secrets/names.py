@@ -148,9 +148,7 @@ def check_db_user(value: object, engine: Literal["postgresql", "mariadb"]) -> st
     """
     limit = DB_USER_MAX[engine]
     if not isinstance(value, str) or not DB_USER_RE.fullmatch(value):
-        raise ValueError(
-            "invalid database user name: letters, digits, '_', '.', '/' and '-' only"
-        )
+        raise ValueError("invalid database user name: letters, digits, '_', '.', '/' and '-' only")
     if len(value.encode()) > limit:
         raise ValueError(f"database user name longer than {limit} bytes ({engine}'s limit)")
     return value
@@ -186,9 +184,7 @@ def agent_uri_san(template: str, tenant: str, agent: str) -> str:
     Both grammars are RFC 3986 ``unreserved`` characters: substituted into a path
     they need no escaping and cannot add a segment, query or OpenBao glob.
     """
-    return template.replace("{tenant}", check_tenant(tenant)).replace(
-        "{agent}", check_agent(agent)
-    )
+    return template.replace("{tenant}", check_tenant(tenant)).replace("{agent}", check_agent(agent))
 
 
 def kv_agent_secret_path(tenant: str, agent: str, secret: str) -> str:

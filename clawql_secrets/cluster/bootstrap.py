@@ -86,18 +86,19 @@ path "sys/policies/acl/*" { capabilities = ["read", "list"] }
 # Which policies a login carries is part of an approved change, never the
 # provisioner's: it may not set them on any role, user or group of any auth
 # mount, new ones included (an empty list denies the parameter whatever its
-# value: JSON list, string, comma-separated string). See ADR 0007.
+# value: JSON list, string, comma-separated string). See ADR 0007. A CEL role's
+# program sets its logins' policies itself (OpenBao 2.7 has CEL roles on every JWT
+# mount): no cel_program either. (A deny on "auth/+/cel/*" would not do: "auth/*"
+# outranks a path with a "+" segment, and ACL paths do not merge.)
 path "auth/*" {
   capabilities = ["create", "read", "update", "delete", "list"]
   denied_parameters = {
     "token_policies" = []
     "policies" = []
+    "cel_program" = []
   }
 }
 path "auth/token/*" { capabilities = ["deny"] }
-# A CEL role's program sets the policies of its logins itself: writing one would
-# bypass the approval controller (ADR 0007), so no CEL role on any mount.
-path "auth/+/cel/*" { capabilities = ["deny"] }
 path "database/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "database/creds/*" { capabilities = ["deny"] }
 path "pki*" { capabilities = ["create", "read", "update", "delete", "list"] }

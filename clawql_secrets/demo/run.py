@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import secrets
+import ssl
 import string
 import time
 from collections.abc import Callable, Iterator
@@ -80,6 +81,23 @@ class Demo:
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             # Type only: a message might quote a response.
             self.step(name, False, {"error": type(exc).__name__})
+
+
+def _straight_to_openbao(settings: StackSettings, jwt: str) -> dict[str, int]:
+    """What an agent holding its session JWT gets from OpenBao's agents mount: each
+    login path and role answers with its HTTP status (nothing but 4xx is a pass)."""
+    out: dict[str, int] = {}
+    ca = ssl.create_default_context(cafile=str(settings.node_ca_dir / "ca.pem"))
+    with httpx.Client(verify=ca, timeout=10.0, trust_env=False) as bao:
+        for path, role in (
+            ("auth/agents/login", "analyst"),
+            ("auth/agents/login", "analyst.session"),
+            ("auth/agents/cel/login", "analyst"),
+            ("auth/workload/login", "gateway"),
+        ):
+            resp = bao.post(f"{settings.api_addr('n1')}/v1/{path}", json={"role": role, "jwt": jwt})
+            out[f"{path} role={role}"] = resp.status_code
+    return out
 
 
 def _sid(jwt: str) -> str:
@@ -257,6 +275,12 @@ def run(settings: StackSettings, say: Say, *, canary: str | None = None) -> list
             issuer, tenant="globex", agent="bot-g", role="analyst", ttl=600, audience=url
         )
         demo.step("sessions issued for acme/bot-a and globex/bot-g", True)
+
+        # 1b. The agent's bearer opens the gateway only: OpenBao refuses it (ADR 0010).
+        name = "acme/bot-a's session JWT sent straight to OpenBao is refused"
+        with demo.guard(name):
+            answers = _straight_to_openbao(settings, acme)
+            demo.step(name, all(400 <= a < 500 for a in answers.values()), answers)
 
         # 2. SQL on the tenant's own data: the agent sees rows, never a credential.
         before = _roles()

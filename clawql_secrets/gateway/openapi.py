@@ -1,7 +1,9 @@
 """The OpenAPI document the gateway serves at ``/openapi.json``.
 
 Written by hand around pydantic's JSON schemas of each tool's arguments, so
-the document describes exactly the installed tools and the error codes.
+the document describes exactly the installed tools, the error codes and the
+headers that come with them (the 401/403 ``WWW-Authenticate`` challenge, the
+429/503 ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from clawql_secrets import __version__
 from clawql_secrets.gateway.tools import Tool
 
 ERROR_CODES = [
+    # the bearer (401, with a WWW-Authenticate challenge)
     "missing_bearer",
     "token_too_large",
     "token_malformed",
@@ -27,21 +30,38 @@ ERROR_CODES = [
     "token_not_yet_valid",
     "token_lifetime_too_long",
     "session_ended",
+    "session_expired",
+    # who may do what (403)
+    "tool_not_allowed",
     "other_session",
     "not_admin",
     "admin_disabled",
+    "anomaly_revoked",
+    # the request (400/404/405/408/413/422)
     "unknown_session",
     "unknown_tool",
     "invalid_arguments",
     "invalid_json",
     "body_too_large",
+    "body_timeout",
+    "not_found",
+    "method_not_allowed",
+    # fair shares (429/503, with Retry-After)
+    "session_busy",
+    "tenant_busy",
+    "gateway_busy",
+    # the exchange and OpenBao
     "exchange_refused",
     "exchange_mismatch",
     "openbao_denied",
+    "openbao_refused",
     "openbao_unavailable",
     "openbao_error",
+    "secret_not_found",
+    "lease_unbounded",
     "registry_unavailable",
     "gateway_identity_failed",
+    # sql.query
     "unknown_database",
     "sql_too_large",
     "too_many_params",
@@ -51,8 +71,38 @@ ERROR_CODES = [
     "database_unavailable",
     "pool_exhausted",
     "session_closed",
-    "not_found",
-    "method_not_allowed",
+    # http.request
+    "bad_url",
+    "bad_header",
+    "bad_inject_format",
+    "bad_secret_name",
+    "destination_not_allowed",
+    "http_not_allowed",
+    "inject_header_not_allowed",
+    "client_cert_not_allowed",
+    "client_cert_unsupported",
+    "secret_field_missing",
+    "secret_not_a_header",
+    "http_timeout",
+    "http_unavailable",
+    # redis.command
+    "unknown_instance",
+    "command_not_allowed",
+    "command_too_large",
+    "too_many_args",
+    "reply_too_large",
+    "redis_permission_denied",
+    "redis_error",
+    "redis_unavailable",
+    # cloud.aws
+    "unknown_operation",
+    "operation_not_allowed",
+    "aws_not_allowed",
+    "aws_bad_params",
+    "aws_denied",
+    "aws_error",
+    "aws_unavailable",
+    "result_too_large",
     "internal_error",
 ]
 
@@ -72,14 +122,42 @@ _ERROR = {
 }
 
 
+_STATUS_TEXT = {
+    400: "bad request (invalid_json, …)",
+    401: "no valid session bearer (or the session has ended)",
+    403: "authenticated, not allowed",
+    404: "not found",
+    405: "method not allowed",
+    408: "the body did not arrive within the read timeout (the connection is closed)",
+    413: "body too large",
+    422: "invalid arguments",
+    429: "the session or tenant is over its share of concurrent calls",
+    502: "a backend answered badly",
+    503: "a backend or the gateway is unavailable or full",
+}
+_CHALLENGE = {
+    "description": (
+        'RFC 6750 challenge: Bearer [error="invalid_token" | error="insufficient_scope", ]'
+        'resource_metadata="<RFC 9728 metadata URL>"'
+    ),
+    "schema": {"type": "string"},
+}
+_RETRY_AFTER = {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {
-        str(s): {
-            "description": "error",
+    out: dict[str, Any] = {}
+    for s in statuses:
+        entry: dict[str, Any] = {
+            "description": _STATUS_TEXT.get(s, "error"),
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
         }
-        for s in statuses
-    }
+        if s in (401, 403):
+            entry["headers"] = {"WWW-Authenticate": _CHALLENGE}
+        elif s in (429, 503):
+            entry["headers"] = {"Retry-After": _RETRY_AFTER}
+        out[str(s)] = entry
+    return out
 
 
 def args_schema(tool: Tool) -> dict[str, Any]:
@@ -105,7 +183,7 @@ def schema(tools: Mapping[str, Tool]) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": {"description": "the tool's result, under 'result'"},
-                    **_errors(400, 401, 403, 404, 413, 422, 502, 503),
+                    **_errors(400, 401, 403, 404, 408, 413, 422, 429, 502, 503),
                 },
             }
         }
@@ -132,6 +210,33 @@ def schema(tools: Mapping[str, Tool]) -> dict[str, Any]:
             "responses": {"200": {"description": "revoked"}, **_errors(401, 403, 404, 503)},
         }
     }
+    paths["/mcp"] = {
+        "post": {
+            "summary": (
+                "MCP (streamable HTTP, stateless, JSON responses): tools/list shows the tools "
+                "the session's role may call, tools/call runs them as the REST API does"
+            ),
+            "security": [{"session": []}],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "responses": {
+                "200": {"description": "a JSON-RPC response"},
+                "202": {"description": "a notification, accepted"},
+                **_errors(400, 401, 405, 408, 413, 429, 503),
+            },
+        }
+    }
+    paths["/.well-known/oauth-protected-resource"] = {
+        "get": {
+            "summary": (
+                "RFC 9728 protected-resource metadata: the canonical URI (resource) and the "
+                "session issuer (authorization_servers); also served under /mcp"
+            ),
+            "responses": {"200": {"description": "the metadata document"}},
+        }
+    }
     for path, text in (
         ("/healthz", "liveness"),
         ("/readyz", "readiness: registry and OpenBao reachable"),
@@ -146,7 +251,12 @@ def schema(tools: Mapping[str, Tool]) -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {
-                "session": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "session": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "a session JWT whose aud is the gateway's canonical URI",
+                },
                 "admin": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
             },
         },

@@ -27,8 +27,8 @@ from pydantic import (
 )
 
 from clawql_secrets.certs.config import DEFAULT_TTL, MAX_TTL, MIN_TTL
+from clawql_secrets.names import NAME_RE as NAME_RE  # the one grammar, and why
 
-NAME_RE = r"^[a-z][a-z0-9_]{0,30}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_RE)]
 SecretName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 PersonName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9._-]{0,63}$")]

@@ -135,34 +135,17 @@ def pki_role_name(role: str, tenant: str) -> str:
 # still quoted; ``{{name}}``/``{{password}}``/``{{expiration}}`` are filled in
 # by OpenBao's database plugin.
 def _pg_statements(schema: str, privileges: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    privs = ", ".join(privileges)
-    create = [
-        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
-        "VALID UNTIL '{{expiration}}' NOINHERIT;",
-        f'GRANT USAGE ON SCHEMA "{schema}" TO "{{{{name}}}}";',
-        f'GRANT {privs} ON ALL TABLES IN SCHEMA "{schema}" TO "{{{{name}}}}";',
-    ]
-    revoke = [
-        f'REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA "{schema}" FROM "{{{{name}}}}";',
-        f'REVOKE USAGE ON SCHEMA "{schema}" FROM "{{{{name}}}}";',
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';",
-        'DROP ROLE IF EXISTS "{{name}}";',
-    ]
-    return create, revoke
+    from clawql_secrets.provision import statements
+
+    s = statements.postgresql(schema, privileges)
+    return list(s.creation), list(s.revocation)
 
 
 def _maria_statements(schema: str, privileges: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    privs = ", ".join(privileges)
-    create = [
-        "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}';",
-        f"GRANT {privs} ON `{schema}`.* TO '{{{{name}}}}'@'%';",
-    ]
-    revoke = [
-        "REVOKE ALL PRIVILEGES, GRANT OPTION FROM '{{name}}'@'%';",
-        "KILL USER '{{name}}';",
-        "DROP USER IF EXISTS '{{name}}'@'%';",
-    ]
-    return create, revoke
+    from clawql_secrets.provision import statements
+
+    s = statements.mariadb(schema, privileges)
+    return list(s.creation), list(s.revocation)
 
 
 def connection_url(db: Database) -> str:

@@ -71,6 +71,14 @@ def test_valid_session_token(issuer: LocalIssuer, keys: KeySet) -> None:
     assert (c.tenant, c.agent, c.agent_role, c.sub) == ("acme", "bot", "analyst", "acme/bot")
 
 
+def test_underscores_and_agent_hyphens_are_accepted(issuer: LocalIssuer, keys: KeySet) -> None:
+    tok = session_issuer.issue(
+        issuer, tenant="acme_eu", agent="data-reader_1", role="data_reader", ttl=600
+    )
+    c = jwt_check.verify_session(tok, keys, POLICY, now=time.time())
+    assert (c.tenant, c.agent, c.agent_role) == ("acme_eu", "data-reader_1", "data_reader")
+
+
 def _alg_none(i: LocalIssuer) -> str:
     return f"{_b64({'alg': 'none', 'kid': i.kid})}.{_b64(_claims(i))}.x"
 
@@ -190,6 +198,37 @@ ATTACKS: dict[str, tuple[Callable[[LocalIssuer], str], type[Exception], str]] = 
         TokenRejected,
         "token_bad_claim",
     ),
+    # One name grammar (clawql_secrets.names): what `apply` refuses, the gateway refuses.
+    "tenant_with_hyphen": (
+        lambda i: _sign(i, _claims(i, tenant="acme-eu", sub="acme-eu/bot")),
+        TokenRejected,
+        "token_bad_claim",
+    ),
+    "tenant_longer_than_31": (
+        lambda i: _sign(i, _claims(i, tenant="a" * 32, sub="a" * 32 + "/bot")),
+        TokenRejected,
+        "token_bad_claim",
+    ),
+    "tenant_starting_with_digit": (
+        lambda i: _sign(i, _claims(i, tenant="1acme", sub="1acme/bot")),
+        TokenRejected,
+        "token_bad_claim",
+    ),
+    "role_with_hyphen": (
+        lambda i: _sign(i, _claims(i, agent_role="data-reader")),
+        TokenRejected,
+        "token_bad_claim",
+    ),
+    "role_naming_a_session_anchor": (
+        lambda i: _sign(i, _claims(i, agent_role="analyst.session")),
+        TokenRejected,
+        "token_bad_claim",
+    ),
+    "agent_with_dot": (
+        lambda i: _sign(i, _claims(i, sub="acme/bot.v2")),
+        TokenRejected,
+        "token_bad_claim",
+    ),
 }
 
 
@@ -232,8 +271,26 @@ def test_bad_session_ttl_refused(ttl: str) -> None:
 
 @pytest.mark.parametrize(
     ("tenant", "agent", "role"),
-    [("Acme", "a", "r"), ("acme", "a/b", "r"), ("acme", "a", "r r"), ("", "a", "r")],
-    ids=["upper_tenant", "slash_agent", "space_role", "empty_tenant"],
+    [
+        ("Acme", "a", "r"),
+        ("acme", "a/b", "r"),
+        ("acme", "a", "r r"),
+        ("", "a", "r"),
+        ("acme-eu", "a", "r"),
+        ("acme", "a", "data-reader"),
+        ("acme", "a", "analyst.session"),
+        ("acme", "../a", "r"),
+    ],
+    ids=[
+        "upper_tenant",
+        "slash_agent",
+        "space_role",
+        "empty_tenant",
+        "hyphen_tenant",
+        "hyphen_role",
+        "dot_role",
+        "dotdot_agent",
+    ],
 )
 def test_bad_session_names_refused(issuer: LocalIssuer, tenant: str, agent: str, role: str) -> None:
     with pytest.raises(InputError):

@@ -34,6 +34,7 @@ from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.gateway.tools import ToolContext
 from clawql_secrets.issuer import LocalIssuer
 from tests.gateway.fakes import mock_openbao, unit_config
+from tests.gateway.test_app import fake_exchange
 
 LIMIT = 2048
 
@@ -92,20 +93,14 @@ def _b64(obj: object) -> str:
 def env(tmp_path: Path) -> Iterator[Env]:
     issuer = session_issuer.load_issuer(tmp_path)
     cfg = unit_config(
-        tmp_path, databases={"default": {"host": "127.0.0.1", "dbname": "x"}}, max_body_bytes=LIMIT
+        tmp_path,
+        databases={"default": {"host": "127.0.0.1", "dbname": "x"}},
+        roles={"analyst": {"tools": ["crash", "echo"]}},
+        max_body_bytes=LIMIT,
     )
     token = "s." + secrets.token_urlsafe(24)
     logins: list[str] = []
-
-    def fake_openbao(request: httpx.Request) -> httpx.Response:
-        if request.method != "POST" or request.url.path != "/v1/auth/sessions/login":
-            raise AssertionError(f"unexpected OpenBao call {request.url.path}")
-        claims = _claims(json.loads(request.content)["jwt"])
-        logins.append(claims["sid"])
-        meta = {"tenant": claims["tenant"], "agent_role": claims["agent_role"]}
-        return httpx.Response(200, json={"auth": {"client_token": token, "metadata": meta}})
-
-    bao = mock_openbao(fake_openbao)
+    bao = mock_openbao(fake_exchange(token, logins))
     tools = {"echo": EchoTool(), "crash": CrashTool(token)}
     gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=tools)  # type: ignore[dict-item]
     yield Env(build_app(gw, sweeper=False), gw, issuer, token, logins)
@@ -226,7 +221,11 @@ def test_unauthenticated_is_401(
             for body in (INIT, _rpc("tools/call", {"name": "echo", "arguments": {"text": "x"}})):
                 r = await s.post(authorization, body)
                 assert r.status_code == 401, (case, r.text)
-                assert r.headers["www-authenticate"] == "Bearer"
+                # The unit config's audience is no URL: no resource_metadata to name.
+                missing = case in ("missing", "not_bearer_scheme", "empty_bearer")
+                assert r.headers["www-authenticate"] == (
+                    "Bearer" if missing else 'Bearer error="invalid_token"'
+                )
                 assert r.json()["error"]["code"] in codes, r.text
             r = await s.raw.get("/mcp", headers={"Authorization": authorization or ""})
             assert r.status_code == 401
@@ -375,23 +374,79 @@ def test_gateway_errors_are_tool_errors(
         assert "crashed holding" not in everything
 
 
-def test_ended_session_is_a_tool_error(env: Env) -> None:
+def test_ended_session_is_401_on_every_method(env: Env) -> None:
+    """An ended session is refused at the edge, before the SDK: ``initialize`` and
+    ``tools/list`` too, not only ``tools/call``, and the SDK client cannot go on."""
     jwt = env.jwt()
     claims = _claims(jwt)
+    call = _rpc("tools/call", {"name": "echo", "arguments": {"text": "x"}})
 
-    async def go() -> Any:
-        async with served(env.app) as s, s.mcp(jwt) as session:
-            await session.initialize()
-            first = await session.call_tool("echo", {"text": "x"})
-            await anyio.to_thread.run_sync(
-                lambda: env.gw.end_session(claims["sid"], exp=claims["exp"], reason="ended")
-            )
-            return first, await session.call_tool("echo", {"text": "x"})
+    async def go() -> None:
+        async with served(env.app) as s:
+            async with s.mcp(jwt) as session:
+                await session.initialize()
+                first = await session.call_tool("echo", {"text": "x"})
+                assert not first.is_error
+                await anyio.to_thread.run_sync(
+                    lambda: env.gw.end_session(claims["sid"], exp=claims["exp"], reason="ended")
+                )
+                with pytest.raises(MCPError):
+                    await session.list_tools()
+                with pytest.raises(MCPError):
+                    await session.call_tool("echo", {"text": "x"})
+            for body in (INIT, _rpc("tools/list"), call, _rpc("ping")):
+                r = await s.post(jwt, body)
+                assert (r.status_code, r.json()["error"]["code"]) == (401, "session_ended")
+                assert r.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
-    first, after = anyio.run(go)
-    assert not first.is_error
-    assert after.is_error and after.structured_content["error"]["code"] == "session_ended"
+    anyio.run(go)
     assert len(env.logins) == 1  # refused before any OpenBao login
+
+
+def test_tools_list_shows_the_roles_tools(env: Env) -> None:
+    """``tools/list`` answers what ``Gateway.tools_for`` allows the session's role."""
+    other = session_issuer.issue(env.issuer, tenant="acme", agent="bot", role="writer", ttl=300)
+
+    async def go() -> None:
+        async with served(env.app) as s, s.mcp(other) as session:
+            await session.initialize()
+            assert (await session.list_tools()).tools == []
+            out = await session.call_tool("echo", {"text": "x"})
+            assert out.is_error
+            assert out.structured_content["error"]["code"] == "tool_not_allowed"
+
+    anyio.run(go)
+    assert env.logins == []
+
+
+@pytest.mark.parametrize(
+    ("case", "body"),
+    [
+        ("nested_arrays", b"[" * 20_000 + b"]" * 20_000),
+        (
+            "nested_params",
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":'
+            + b'{"a":' * 100
+            + b"1"
+            + b"}" * 100
+            + b"}",
+        ),
+    ],
+)
+@pytest.mark.parametrize("version", [None, "2025-11-25", "2026-07-28"])
+def test_deep_json_is_400(env: Env, case: str, body: bytes, version: str | None) -> None:
+    """Deeper than ``edge.max_json_depth`` is ``invalid_json`` before the SDK parses it."""
+    body = body[:LIMIT] if case == "nested_arrays" else body
+
+    async def go() -> httpx.Response:
+        async with served(env.app) as s:
+            headers = {"Content-Type": "application/json"}
+            if version is not None:
+                headers["Mcp-Protocol-Version"] = version
+            return await s.post(env.jwt(), content=body, headers=headers)
+
+    r = anyio.run(go)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json"), r.text
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])

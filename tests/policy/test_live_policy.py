@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from clawql_secrets.cluster import bootstrap, stack
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.errors import OpenBaoError, SecurityError
+from clawql_secrets.gateway import exchange
 from clawql_secrets.issuer import LocalIssuer
 from clawql_secrets.policy import generate, matrix
 from clawql_secrets.policy.changes import ApprovalController, ChangeStore
@@ -26,23 +28,17 @@ from clawql_secrets.provision import loader
 from clawql_secrets.provision.live import Provisioner
 from clawql_secrets.provision.model import DesiredState
 from clawql_secrets.provision.session import person_login, workload_accessor
+from tests.agent_login import agent_login, exchange_yaml
 
 pytestmark = pytest.mark.cluster
 
 
 def config(settings: StackSettings) -> DesiredState:
-    pem = (settings.issuer_dir / "public.pem").read_text()
-    indented = "\n".join("      " + ln for ln in pem.strip().splitlines())
     return loader.parse(
-        f"""\
+        exchange_yaml(settings.data_dir)
+        + """\
 version: 1
-session_issuer:
-  issuer: {stack.ISSUER_URL}
-  audience: clawql-gateway
-  public_keys:
-    - |
-{indented}
-tenants: [{{name: acme}}, {{name: globex}}]
+tenants: [{name: acme}, {name: globex}]
 roles:
   - name: analyst
     tenants: [acme, globex]
@@ -50,12 +46,12 @@ roles:
   - name: integrator
     tenants: [acme]
     secrets: [gh]
-    cert_sans: ["spiffe://clawql/tenants/{{tenant}}/agents/{{agent}}"]
+    cert_sans: ["spiffe://clawql/tenants/{tenant}/agents/{agent}"]
     cloud_role: aws
-pki: {{}}
+pki: {}
 cloud:
   issuer: https://openbao.clawql.local
-  roles: [{{name: aws, audience: sts.amazonaws.com}}]
+  roles: [{name: aws, audience: sts.amazonaws.com}]
 approvals:
   approvers: [alice, bob, carol]
   threshold: 2
@@ -70,6 +66,7 @@ class Env:
     issuer: LocalIssuer
     state: DesiredState
     policies: dict[str, str]
+    data_dir: Path
 
     def person(self, name: str) -> ChangeStore:
         return ChangeStore(self.client, person_login(self.client, self.issuer, name))
@@ -81,20 +78,14 @@ class Env:
             tok,
             self.state.approvals,
             workload_accessor(self.client, tok),
-            agents_mount=self.state.session_issuer.mount,
+            agents_mount=self.state.exchange.mount,
         )
 
     def provisioner(self) -> str:
         return bootstrap.login(self.client, self.issuer, bootstrap.PROVISIONER)
 
     def agent_login(self, role: str, tenant: str = "acme") -> dict[str, Any]:
-        jwt = self.issuer.mint(
-            f"{tenant}/esc", "clawql-gateway", tenant=tenant, agent="esc", agent_role=role
-        )
-        resp = self.client.request(
-            "POST", "auth/agents/login", body={"role": role, "jwt": jwt}, token=""
-        )
-        return dict(resp["auth"])
+        return agent_login(self.client, self.data_dir, tenant=tenant, agent="esc", role=role)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +97,7 @@ def env(live_stack: StackSettings) -> Iterator[Env]:
         prov.apply(state, env={})
         accessor = prov.accessor("agents")
         assert accessor
-        yield Env(client, issuer, state, generate.generate(state, accessor))
+        yield Env(client, issuer, state, generate.generate(state, accessor), live_stack.data_dir)
 
 
 def status_of(call: Callable[..., object], *args: Any, **kwargs: Any) -> int | None:
@@ -168,6 +159,15 @@ def test_provisioner_cannot_give_a_login_any_policy(env: Env) -> None:
                     )
                     if got != 403:
                         allowed.append((mount, name, param, value, got))
+        # Regression: a CEL role's program sets its logins' policies itself, so
+        # writing one would bypass four-eyes; OpenBao 2.7 has them on every JWT mount.
+        program = {"expression": 'pb.Auth{policies: ["' + CONTROLLER + '"]}'}
+        for mount in ("agents", "escalate"):
+            got = status_of(
+                c.write, f"auth/{mount}/cel/role/esc", {"cel_program": program}, token=prov
+            )
+            if got != 403:
+                allowed.append((mount, "cel/role/esc", "cel_program", program, got))
         # ...and the other auth types it can enable, each with its policy parameter.
         for kind, path, body in (
             ("userpass", "users/u", {"password": "pw-x", "token_policies": CONTROLLER}),
@@ -311,9 +311,12 @@ def test_approved_apply_writes_then_stale_proposals_refused(env: Env) -> None:
     review = env.controller().apply(pid)
     assert review.result.verified and len(review.result.signed) == 2
     # The apply bound each agent role to its own policy, and only that.
+    # (and each role's session anchor role to the same policy: ADR 0010).
     assert {(b.role, b.after) for b in review.bound} == {
         ("analyst", ("agent-analyst",)),
+        ("analyst.session", ("agent-analyst",)),
         ("integrator", ("agent-integrator",)),
+        ("integrator.session", ("agent-integrator",)),
     }
     assert env.agent_login("analyst")["policies"] == ["agent-analyst", "default"]
     assert env.controller().bind() == []
@@ -337,7 +340,8 @@ def test_rejection_blocks(env: Env) -> None:
 
 
 def test_capability_matrix_after_approved_apply(env: Env) -> None:
-    result = matrix.run(env.client, env.state, env.issuer.mint)
+    key = exchange.stack_key_dir(env.data_dir) / exchange.KEY_FILE
+    result = matrix.run(env.client, env.state, exchange.minter(key, env.state.exchange.issuer))
     assert result.ok, result.render()
     labels = {o.case.label for o in result.outcomes}
     assert {"own-secret", "sibling-secret", "other-tenant", "deny-block", "sys"} <= labels

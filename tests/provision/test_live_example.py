@@ -21,6 +21,7 @@ from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.gateway import session_issuer
 from clawql_secrets.issuer import LocalIssuer
 from clawql_secrets.provision.localstack import provision_example
+from tests.agent_login import agent_login
 from tests.provision.live_example import private_example
 
 pytestmark = pytest.mark.cluster
@@ -40,11 +41,9 @@ def cli_verify(store: Path, verifier: str) -> int:
 
 
 def agent_token(s: StackSettings, client: stack.OpenBaoClient, tenant: str, role: str) -> str:
-    jwt = session_issuer.issue(
-        session_issuer.load_issuer(s.data_dir), tenant=tenant, agent="a1", role=role, ttl=300
-    )
-    resp = client.request("POST", "auth/agents/login", body={"role": role, "jwt": jwt}, token="")
-    return str(resp["auth"]["client_token"])
+    """The token the gateway would get for a session's credential (ADR 0010)."""
+    auth = agent_login(client, s.data_dir, tenant=tenant, agent="a1", role=role, anchor=True)
+    return str(auth["client_token"])
 
 
 def test_up_example_applies_binds_and_isolates_tenants(
@@ -53,13 +52,30 @@ def test_up_example_applies_binds_and_isolates_tenants(
     notes: list[str] = []
     first = provision_example(live_stack, notes.append, example)
     assert first.applied > 0 and first.proposal
-    assert {b.split(":")[0] for b in first.bound} == {"analyst", "integrator", "reporter"}
+    roles = {"analyst", "integrator", "reporter"}
+    # Each agent role's per-call role and its session anchor role (ADR 0010).
+    assert {b.split(":")[0] for b in first.bound} == roles | {f"{r}.session" for r in roles}
     assert any("four-eyes" in n for n in notes)
     # A second run changes nothing and needs no admin password.
     again = provision_example(live_stack, notes.append, example)
     assert again.applied == 0 and again.proposal is None
 
+    # Regression (issue 12): the agent's own bearer was an OpenBao credential.
+    session_jwt = session_issuer.issue(
+        session_issuer.load_issuer(live_stack.data_dir),
+        tenant="acme",
+        agent="a1",
+        role="analyst",
+        ttl=300,
+        audience=live_stack.gateway_addr,
+    )
     with stack.client_for(live_stack, retry_for=20) as client:
+        for role in ("analyst", "analyst.session", "integrator", "reporter"):
+            with pytest.raises(OpenBaoError) as err:
+                client.request(
+                    "POST", "auth/agents/login", body={"role": role, "jwt": session_jwt}, token=""
+                )
+            assert err.value.status == 400, role
         token = agent_token(live_stack, client, "acme", "analyst")
         lease = client.read("database/creds/acme-analyst-pg_main", token=token)
         creds = lease["data"]

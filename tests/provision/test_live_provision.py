@@ -37,6 +37,7 @@ from clawql_secrets.provision import agent_secrets, loader
 from clawql_secrets.provision.agent_secrets import AgentSecretRef
 from clawql_secrets.provision.live import Provisioner
 from clawql_secrets.provision.model import DesiredState
+from tests.agent_login import agent_login, exchange_yaml
 from tests.gateway.live import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -114,17 +115,10 @@ def dbs() -> Iterator[Databases]:
 
 
 def config(settings: StackSettings, dbs: Databases) -> DesiredState:
-    pem = (settings.issuer_dir / "public.pem").read_text()
-    indented = "\n".join("      " + ln for ln in pem.strip().splitlines())
     return loader.parse(
-        f"""\
+        exchange_yaml(settings.data_dir)
+        + f"""\
 version: 1
-session_issuer:
-  issuer: {stack.ISSUER_URL}
-  audience: clawql-gateway
-  public_keys:
-    - |
-{indented}
 tenants:
   - name: {ACME}
   - name: {GLOBEX}
@@ -182,6 +176,7 @@ class Env:
     prov: Provisioner
     state: DesiredState
     dbs: Databases
+    settings: StackSettings
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +184,7 @@ def env(live_stack: StackSettings, dbs: Databases) -> Iterator[Env]:
     issuer = LocalIssuer.load_or_create(live_stack.issuer_dir, stack.ISSUER_URL)
     with stack.client_for(live_stack, retry_for=30) as client:
         prov = Provisioner(client, bootstrap.login(client, issuer, bootstrap.PROVISIONER))
-        yield Env(client, issuer, prov, config(live_stack, dbs), dbs)
+        yield Env(client, issuer, prov, config(live_stack, dbs), dbs, live_stack)
 
 
 def secrets_env(e: Env) -> dict[str, str]:
@@ -359,11 +354,8 @@ def test_service_role_is_rendered_and_only_its_names_can_be_signed(env: Env) -> 
 
 
 def _agent_token(e: Env, tenant: str, agent: str, role: str) -> str:
-    jwt = e.issuer.mint(
-        f"{tenant}/{agent}", "clawql-gateway", tenant=tenant, agent=agent, agent_role=role
-    )
-    resp = e.client.request("POST", "auth/agents/login", body={"role": role, "jwt": jwt}, token="")
-    return str(resp["auth"]["client_token"])
+    auth = agent_login(e.client, e.settings.data_dir, tenant=tenant, agent=agent, role=role)
+    return str(auth["client_token"])
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +368,12 @@ def policies_applied(env: Env) -> None:
     for name, text in generate.generate(env.state, accessor).items():
         env.client.write(f"sys/policies/acl/{name}", {"policy": text}, token=token)
     bound = bind_agent_roles(env.client, token, "agents")
-    assert {b.role for b in bound} == {"analyst", "integrator"}
+    assert {b.role for b in bound} == {
+        "analyst",
+        "analyst.session",
+        "integrator",
+        "integrator.session",
+    }
 
 
 def test_binding_survives_provisioner_updates_and_rebind_repairs_a_recreated_role(
@@ -404,12 +401,9 @@ def test_binding_survives_provisioner_updates_and_rebind_repairs_a_recreated_rol
 
 
 def _policies(e: Env, tenant: str, agent: str, role: str) -> list[str]:
-    jwt = e.issuer.mint(
-        f"{tenant}/{agent}", "clawql-gateway", tenant=tenant, agent=agent, agent_role=role
-    )
-    resp = e.client.request("POST", "auth/agents/login", body={"role": role, "jwt": jwt}, token="")
-    e.client.request("POST", "auth/token/revoke-self", token=resp["auth"]["client_token"])
-    return list(resp["auth"]["policies"])
+    # The per-call role: a batch token, seconds-lived and not revocable (ADR 0010).
+    auth = agent_login(e.client, e.settings.data_dir, tenant=tenant, agent=agent, role=role)
+    return list(auth["policies"])
 
 
 def _raw_get(settings: StackSettings, path: str, token: str) -> httpx.Response:

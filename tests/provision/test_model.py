@@ -56,6 +56,17 @@ BAD = [
     ),
     ("tenant_name_with_glob", {"  - name: globex\n": "  - name: 'acme*'\n"}, "tenants.1.name"),
     ("tenant_name_uppercase", {"  - name: globex\n": "  - name: Globex\n"}, "tenants.1.name"),
+    # One name grammar (clawql_secrets.names): '-' joins <tenant>-<role>-<connection>.
+    ("tenant_name_with_hyphen", {"  - name: globex\n": "  - name: glo-bex\n"}, "tenants.1.name"),
+    (
+        "tenant_name_too_long",
+        {"  - name: globex\n": f"  - name: {'g' * 32}\n"},
+        "tenants.1.name",
+    ),
+    ("role_name_with_hyphen", {"  - name: analyst\n": "  - name: data-reader\n"}, "roles.0.name"),
+    # <role>.session is the role's session anchor (ADR 0010).
+    ("role_name_with_dot", {"  - name: analyst\n": "  - name: analyst.session\n"}, "roles.0.name"),
+    ("connection_name_with_hyphen", {"  - name: pg\n": "  - name: pg-main\n"}, "databases.0.name"),
     (
         "role_grants_other_tenants_schema",
         {'schema: "{tenant}"': "schema: globex"},
@@ -222,6 +233,20 @@ def test_bad_config_is_refused(replace: dict[str, str], expected: str) -> None:
         loader.parse(text, "clawql.yaml")
     assert expected in err.value.message
     assert "clawql.yaml" in err.value.message
+
+
+def test_underscored_names_parse() -> None:
+    state = loader.parse(
+        valid_yaml(
+            **{
+                "  - name: globex\n": "  - name: acme_eu\n",
+                "tenants: [acme, globex]": "tenants: [acme, acme_eu]",
+                "  - name: analyst\n": "  - name: data_reader\n",
+            }
+        )
+    )
+    assert [t.name for t in state.tenants] == ["acme", "acme_eu"]
+    assert state.roles[0].name == "data_reader"
 
 
 def test_services_parse_with_defaults() -> None:
