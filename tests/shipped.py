@@ -8,13 +8,16 @@ gateway whose configuration is derived from that same state
 shared machine: its PostgreSQL database and the engines' admin user carry a run
 id, so two stacks (a developer's ``make up`` and a test) never share an admin
 whose password OpenBao rotates. ``extra`` appends YAML (more roles, tenants).
+
+``approve_policies`` takes a change to the agents' policies through the same
+four-eyes flow (for a test whose backend the desired state cannot express yet).
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +26,22 @@ import psycopg
 import pymysql
 from psycopg import sql
 
+from clawql_secrets.cluster import bootstrap, stack
 from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.localstack import stack_gateway_config
+from clawql_secrets.issuer import LocalIssuer
+from clawql_secrets.policy.changes import ApprovalController, ChangeStore
 from clawql_secrets.provision.localstack import (
+    APPROVERS,
+    AUTHOR,
     EXAMPLE,
     ExampleResult,
     load_example,
     provision_state,
 )
 from clawql_secrets.provision.model import DesiredState
+from clawql_secrets.provision.session import person_login, workload_accessor
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,39 @@ class Shipped:
         if port is not None:
             update["port"] = port
         return cfg.model_copy(update=update) if update else cfg
+
+    def agents_accessor(self) -> str:
+        """The accessor of the agents' JWT mount (identity templates name it)."""
+        issuer = LocalIssuer.load(self.settings.issuer_dir, stack.ISSUER_URL)
+        with stack.client_for(self.settings, retry_for=20) as client:
+            token = bootstrap.login(client, issuer, bootstrap.PROVISIONER)
+            mounts = client.request("GET", "sys/auth", token=token)
+            client.request("POST", "auth/token/revoke-self", token=token, retry_for=2)
+        return str((mounts.get("data") or mounts)[f"{self.state.exchange.mount}/"]["accessor"])
+
+    def approve_policies(self, policies: Mapping[str, str], note: str) -> str:
+        """Write ``policies`` (name -> HCL) as ``up`` writes the generated ones: the demo
+        author proposes, two demo approvers approve the content hash, the approval
+        controller applies and binds. Returns the proposal id."""
+        issuer = LocalIssuer.load(self.settings.issuer_dir, stack.ISSUER_URL)
+        with stack.client_for(self.settings, retry_for=20) as client:
+            pid = ChangeStore(client, person_login(client, issuer, AUTHOR)).propose(
+                dict(policies), note
+            )
+            for person in APPROVERS:
+                store = ChangeStore(client, person_login(client, issuer, person))
+                ttl = self.state.approvals.proposal_ttl
+                store.approve(pid, store.proposal(pid, ttl).content_hash)
+            token = bootstrap.login(client, issuer, bootstrap.APPROVAL_CONTROLLER)
+            ctl = ApprovalController(
+                client,
+                token,
+                self.state.approvals,
+                workload_accessor(client, token),
+                agents_mount=self.state.exchange.mount,
+            )
+            ctl.apply(pid)
+        return pid
 
 
 def example_text(run_id: str, extra: str = "", edit: Callable[[str], str] | None = None) -> str:

@@ -100,9 +100,10 @@ class Hit:
 # ``--x``, nested and ``/*! executable */`` comments), a string (``"…"``,
 # backslash escapes, ``$tag$…$tag$``) or an identifier, and an agent could hide a
 # reference from a reader of the wrong dialect. Names fold as the servers fold
-# them: unquoted to lower case, ``"Quoted"`` exact (PostgreSQL), backquoted to
-# lower case (MariaDB's ``lower_case_table_names`` may fold it). A name is
-# a reference when it is
+# them: unquoted to lower case (ASCII only), ``"Quoted"`` exact (PostgreSQL),
+# backquoted to lower case (MariaDB's ``lower_case_table_names`` may fold it);
+# ``U&"\0067…"`` and ``E'\x67…'`` escapes are decoded. A name is a reference when
+# it is
 #   1. the qualifier of a dotted name in a FROM/JOIN/INTO/UPDATE list, of a call
 #      (``other.f()``), or of a three-part name (``other.t.c``, ``db.other.t``);
 #   2. the qualifier of any other dotted name, unless the statement also uses it
@@ -111,8 +112,9 @@ class Hit:
 #      ``SHOW … FROM/IN``;
 #   4. any name or string item in a statement that mentions ``search_path`` or
 #      is ``SET SCHEMA``.
-# String literals are data otherwise (``'%@globex.com'`` is no reference): SQL
-# run from a string (``query_to_xml``, ``EXECUTE``) is the statement guard's.
+# String literals are data otherwise (``'%@globex.com'`` is no reference), and
+# computed names (``'glo' || 'bex'``, SQL run from a string by ``query_to_xml`` or
+# ``EXECUTE``) are not evaluated: those are for the statement guard and the grants.
 
 _PG, _MARIA = "postgresql", "mariadb"
 _LEX = re.compile(
@@ -121,6 +123,7 @@ _LEX = re.compile(
 )
 _DOLLAR = re.compile(r"\$([A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
 _DOLLAR_WORD = re.compile(r"\$[A-Za-z0-9_$\u0080-\U0010ffff]+")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _MARIA_EXEC = re.compile(r"/\*M?!\d{0,6}")
 _UESCAPE = re.compile(r"\s*uescape\s*'([^'])'", re.IGNORECASE)
 
@@ -138,14 +141,24 @@ class _Tok(NamedTuple):
     text: str  # a name as the server resolves it; a string's content; a character
 
 
-def _read_quoted(sql: str, i: int, quote: str, backslash: bool) -> tuple[str, int]:
-    """The content of a quoted token starting at ``sql[i] == quote`` and the index after it."""
+def _fold(text: str) -> str:
+    """Lower case as both servers fold names: ASCII letters only."""
+    return text.translate(_ASCII_LOWER)
+
+
+def _read_quoted(
+    sql: str, i: int, quote: str, backslash: bool, keep: bool = False
+) -> tuple[str, int]:
+    """The content of a quoted token starting at ``sql[i] == quote`` and the index after it.
+
+    ``backslash``: a backslash escapes the next character (dropped, or ``keep``).
+    """
     out: list[str] = []
     j, n = i + 1, len(sql)
     while j < n:
         c = sql[j]
         if backslash and c == "\\":
-            out.append(sql[j + 1 : j + 2])
+            out.append(sql[j : j + 2] if keep else sql[j + 1 : j + 2])
             j += 2
         elif c == quote:
             if sql.startswith(quote, j + 1):  # doubled: the quote itself
@@ -175,6 +188,23 @@ def _unicode_escapes(text: str, escape: str) -> str:
     return re.sub(rf"{e}(?:([0-9A-Fa-f]{{4}})|\+([0-9A-Fa-f]{{6}})|{e})", one, text)
 
 
+def _c_escapes(text: str) -> str:
+    """PostgreSQL's ``E'…'`` escapes (``\\x67``, ``\\147``, ``\\u0067``, ``\\U…``)."""
+
+    def one(m: re.Match[str]) -> str:
+        body = m.group(1)
+        try:
+            if body[0] in "xuU" and len(body) > 1:
+                return chr(int(body[1:], 16))
+            if body[0] in "01234567":
+                return chr(int(body, 8))
+        except (ValueError, OverflowError):
+            return ""
+        return body  # an escaped quote, backslash or letter: the character itself
+
+    return re.sub(r"\\(x[0-9A-Fa-f]{1,2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|[0-7]{1,3}|.)", one, text)
+
+
 def _tokens(sql: str, dialect: str) -> Iterator[_Tok]:
     i, n, executable = 0, len(sql), 0
     while i < n:
@@ -183,11 +213,11 @@ def _tokens(sql: str, dialect: str) -> Iterator[_Tok]:
         if m := _LEX.match(sql, i):
             i = m.end()
             if m.lastgroup == "word":
-                word = m.group("word").lower()
+                word = _fold(m.group("word"))
                 if dialect == _PG and word in ("e", "u"):
                     if word == "e" and sql.startswith("'", i):  # E'…': backslash escapes
-                        text, i = _read_quoted(sql, i, "'", backslash=True)
-                        yield _Tok("string", text)
+                        text, i = _read_quoted(sql, i, "'", backslash=True, keep=True)
+                        yield _Tok("string", _c_escapes(text))
                         continue
                     if word == "u" and sql.startswith('&"', i):  # U&"…": unicode escapes
                         text, i = _read_quoted(sql, i + 1, '"', backslash=False)
@@ -234,7 +264,7 @@ def _tokens(sql: str, dialect: str) -> Iterator[_Tok]:
             i = n if j < 0 else j + len(m.group(0))
         elif c == "$":  # a parameter ($1) or, in MariaDB, a name
             m = _DOLLAR_WORD.match(sql, i)
-            yield _Tok("word", m.group(0).lower() if m else c)
+            yield _Tok("word", _fold(m.group(0)) if m else c)
             i = m.end() if m else i + 1
         elif c == "'":
             text, i = _read_quoted(sql, i, "'", backslash=dialect == _MARIA)
@@ -247,7 +277,7 @@ def _tokens(sql: str, dialect: str) -> Iterator[_Tok]:
             yield _Tok("string", text)
         elif c == "`":
             text, i = _read_quoted(sql, i, "`", backslash=False)
-            yield _Tok("quoted", text.lower())
+            yield _Tok("quoted", _fold(text))
         else:
             yield _Tok("punct", c)
             i += 1
@@ -272,7 +302,7 @@ def _search_path_items(text: str) -> Iterator[str]:
         if len(item) >= 2 and item[0] == item[-1] == '"':
             yield item[1:-1]
         elif item:
-            yield item.lower()
+            yield _fold(item)
 
 
 def _named(stmt: list[_Tok], schemas: frozenset[str]) -> Iterator[str]:
@@ -283,7 +313,7 @@ def _named(stmt: list[_Tok], schemas: frozenset[str]) -> Iterator[str]:
     puncts = [t.text if t.kind == "punct" else "" for t in stmt]
     ident = [t.kind in ("word", "quoted") for t in stmt]
     # 4. search_path (SET [LOCAL] search_path, set_config(...)) and SET SCHEMA
-    mentions = any(t.text.lower() == "search_path" for t in stmt if t.kind != "punct")
+    mentions = any(_fold(t.text) == "search_path" for t in stmt if t.kind != "punct")
     if mentions or words[:2] == ["set", "schema"]:
         for t, is_name in zip(stmt, ident, strict=True):
             if is_name:
@@ -359,6 +389,10 @@ def foreign_schemas(
     others = every - frozenset(tenant_schemas.get(tenant, ()))
     found: list[str] = []
     if not others:
+        return found
+    folded = _fold(sql)
+    # Only escapes (``U&"\\0067…"``, ``E'\\x67…'``) spell a name not in the text.
+    if not any(o in folded for o in others) and "\\" not in sql and "uescape" not in folded:
         return found
     for dialect in (_PG, _MARIA):
         for stmt in _statements(sql, dialect):

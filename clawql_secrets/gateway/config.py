@@ -114,6 +114,9 @@ class _SQLTarget(_Strict):
     creds_role_template: str = "{agent_role}-{tenant}"
     pool_size: int = Field(default=2, ge=1, le=16)
     connect_timeout: int = Field(default=5, ge=1, le=60)
+    # Agent role -> statement classes its sessions may run here (``gateway/sqlguard.py``);
+    # a role not listed gets ("read",).
+    statement_classes: dict[str, tuple[str, ...]] = {}
 
 
 class PostgresTarget(_SQLTarget):

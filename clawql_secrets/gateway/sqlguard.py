@@ -86,17 +86,18 @@ volatile functions that are not on the list, and statements prepared earlier whe
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import sqlglot.errors
 from pglast import parser as pg_parser
 from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
-from sqlglot.tokens import Token, TokenType
+from sqlglot.tokenizer_core import Token, TokenType
 
 from clawql_secrets.gateway.errors import AccessDenied, RequestRejected
 
@@ -191,8 +192,10 @@ def normalize_placeholders(engine: Engine, sql: str, nparams: int) -> str:
             return sql
         pairs = [
             (a[0], b[1])
-            for a, b in zip(tokens, tokens[1:], strict=False)
-            if a[2] == "ASCII_37" and b[2] == "IDENT" and b[0] == a[1] + 1
+            for a, b in itertools.pairwise(tokens)
+            if a[2] == "ASCII_37"
+            and b[2] == "IDENT"
+            and b[0] == a[1] + 1
             and sql[b[0] : b[1] + 1] == "s"
         ]
         native = [f"${i}" for i in range(1, len(pairs) + 1)]
@@ -205,7 +208,7 @@ def normalize_placeholders(engine: Engine, sql: str, nparams: int) -> str:
             return sql
         pairs = [
             (a.start, b.end)
-            for a, b in zip(mtokens, mtokens[1:], strict=False)
+            for a, b in itertools.pairwise(mtokens)
             if a.token_type == TokenType.MOD and b.text == "s" and b.start == a.end + 1
         ]
         native = ["?"] * len(pairs)
@@ -515,6 +518,8 @@ def _pg_nodes(tree: Any) -> Iterator[tuple[str, dict[str, Any]]]:
             for key, value in item.items():
                 if isinstance(value, dict) and key[:1].isupper():
                     yield key, value
+                elif key == "funccall" and isinstance(value, dict):
+                    yield "FuncCall", value  # CALL's typed field, not wrapped in a node
                 if isinstance(value, dict | list):
                     stack.append(value)
 
@@ -531,6 +536,13 @@ def _pg_base(kind: str, body: dict[str, Any]) -> set[str]:
         ((ikind, ibody),) = body["query"].items()
         out |= _pg_base(ikind, ibody)
     return out
+
+
+def _pg_changes_owner(node: str, fields: dict[str, Any]) -> bool:
+    """``ALTER … OWNER TO`` inside ALTER TABLE, ``CREATE SCHEMA … AUTHORIZATION``."""
+    if node == "AlterTableCmd":
+        return bool(fields.get("subtype") == "AT_ChangeOwner")
+    return node == "CreateSchemaStmt" and "authrole" in fields
 
 
 def _pg_classify(sql: str) -> Statement:
@@ -552,7 +564,7 @@ def _pg_classify(sql: str) -> Statement:
     params = 0
     if kind == "VariableSetStmt" and body.get("name") != "TRANSACTION":
         settings.add(str(body.get("name") or "all").lower())
-    for node, fields in _pg_nodes(body):
+    for node, fields in _pg_nodes(stmts[0]["stmt"]):
         if node == "FuncCall":
             names = fields.get("funcname") or [{}]
             functions.add(str(names[-1].get("String", {}).get("sval", "")).lower())
@@ -560,11 +572,9 @@ def _pg_classify(sql: str) -> Statement:
             params = max(params, int(fields.get("number", 0)))
         elif node in _PG_NESTED_WRITES or node == "LockingClause":
             classes.add("write")
-        elif node == "IntoClause":
-            classes.add("ddl")
-        elif node == "AlterTableCmd" and fields.get("subtype") == "AT_ChangeOwner":
-            classes.add("role")
-        elif node == "CreateSchemaStmt" and "authrole" in fields:
+        elif node == "SelectStmt" and "intoClause" in fields:
+            classes.add("ddl")  # SELECT … INTO makes a table
+        elif _pg_changes_owner(node, fields):
             classes.add("role")
     if functions & _WRITE_FUNCTIONS:
         classes.add("write")
@@ -586,9 +596,17 @@ _DIALECT = MySQL()
 _COMMENT_OPENERS = ("/*!", "/*m!")
 
 
+class _Lexer(MySQL.Tokenizer):
+    """MySQL's lexer without sqlglot's habit of swallowing the rest of some statements
+    (``REPLACE``, ``EXECUTE``, ``RENAME``, ``LOCK TABLES``…) into one string token: the
+    guard reads calls, placeholders and ``;`` from these tokens, so none is hidden."""
+
+    COMMANDS: ClassVar[set[TokenType]] = set()
+
+
 def _maria_tokens(sql: str) -> list[Token]:
     try:
-        return list(_DIALECT.tokenize(sql))
+        return list(_Lexer(dialect=_DIALECT).tokenize(sql))
     except (sqlglot.errors.SqlglotError, RecursionError, ValueError) as exc:
         raise _Unlexable(str(exc)[:200]) from None
 
@@ -616,11 +634,10 @@ def _maria_classify(sql: str) -> Statement:
     _maria_lexical_check(sql)
     try:
         tokens = _maria_tokens(sql)
+        trees = [t for t in _DIALECT.parse(sql) if t is not None]
     except _Unlexable as exc:
         raise _unparsable(str(exc)) from None
-    try:
-        trees = [t for t in _DIALECT.parser().parse(tokens, sql) if t is not None]
-    except (sqlglot.errors.SqlglotError, RecursionError) as exc:
+    except (sqlglot.errors.SqlglotError, RecursionError, ValueError) as exc:
         if _maria_is_copy(tokens):  # forms sqlglot does not parse, refused by class
             return Statement("mariadb", sql, "Unparsed", frozenset({"copy"}), *_empty())
         raise _unparsable(str(exc).split("\n")[0][:200]) from None
@@ -668,28 +685,29 @@ def _empty() -> tuple[frozenset[str], frozenset[str], int]:
 
 
 def _words(tokens: Sequence[Token], n: int) -> list[str]:
-    return [t.text.upper() for t in tokens[:n]]
+    """The first ``n`` tokens' words, upper-cased (``LOCK TABLES`` is one token)."""
+    return [
+        w for t in tokens[:n] if "STRING" not in t.token_type.name for w in t.text.upper().split()
+    ]
 
 
 def _maria_is_copy(tokens: Sequence[Token]) -> bool:
-    words = [t.text.upper() for t in tokens]
+    words = _words(tokens, len(tokens))
     if words[:1] == ["LOAD"]:
         return True
-    return any(
-        a == "INTO" and b in ("OUTFILE", "DUMPFILE") for a, b in zip(words, words[1:], strict=False)
-    )
+    return any(a == "INTO" and b in ("OUTFILE", "DUMPFILE") for a, b in itertools.pairwise(words))
 
 
 def _maria_calls(tokens: Sequence[Token]) -> set[str]:
     """Every name followed by ``(`` (a call, or harmlessly a table's column list)."""
     out: set[str] = set()
-    for tok, nxt in zip(tokens, tokens[1:], strict=False):
+    for tok, nxt in itertools.pairwise(tokens):
         if nxt.token_type == TokenType.L_PAREN and "STRING" not in tok.token_type.name:
             out.add(tok.text.lower())
     return out
 
 
-def _maria_base(tree: exp.Expression, tokens: Sequence[Token], settings: set[str]) -> set[str]:
+def _maria_base(tree: exp.Expr, tokens: Sequence[Token], settings: set[str]) -> set[str]:
     if isinstance(tree, exp.Command):
         return _maria_command(tokens, settings)
     if isinstance(tree, exp.Set):
@@ -738,7 +756,7 @@ _PROCEDURAL_WORDS = frozenset({"PROCEDURE", "FUNCTION", "TRIGGER", "EVENT", "PAC
 def _maria_command(tokens: Sequence[Token], settings: set[str]) -> set[str]:
     """A statement sqlglot kept as an opaque ``Command``: classed by its leading words."""
     words = _words(tokens, 16)
-    first, second = (words + ["", ""])[:2]
+    first, second = [*words, "", ""][:2]
     if first == "SET":
         if second in ("PASSWORD", "DEFAULT"):
             return {"role"}
@@ -762,8 +780,6 @@ def _maria_command(tokens: Sequence[Token], settings: set[str]) -> set[str]:
         return {"write"}
     if first in ("BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "XA"):
         return {"transaction"}
-    if first == "SHOW":
-        return {"read"}
     if first == "LOAD":
         return {"copy"}
     return {"other"}

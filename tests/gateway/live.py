@@ -1,13 +1,22 @@
 """Helpers for the gateway's live tests: replicas, a recording transport, an agent client.
 
+OpenBao is configured as ``up`` configures it (``tests.shipped``: the example
+desired state applied by the provisioner, its policies approved four-eyes), and
+the gateway's configuration is the one ``up`` derives from that state
+(``config_for`` adds only the knobs a test turns: port, sweep interval, SQL
+timeout, an admin identity).
+
 Replica A runs in this process (uvicorn in a thread) so that a recording
-httpx transport under its OpenBao client can collect every credential OpenBao
-hands it — the canaries. Replica B is a separate ``clawql-secrets gateway
-serve`` process sharing the Redis registry.
+httpx transport under its OpenBao client can collect every credential it sends
+or receives — the canaries: OpenBao tokens (per-call batch tokens and session
+anchor tokens), accessors, the gateway's exchange assertions, database
+passwords, private keys, identity tokens. Replica B is a separate
+``clawql-secrets gateway serve`` process sharing the Redis registry.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -24,15 +33,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+import redis
 import uvicorn
 import yaml
+from psycopg import sql as pgsql
 
+from clawql_secrets.cluster import stack
 from clawql_secrets.cluster.client import OpenBaoClient
+from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 from clawql_secrets.gateway.app import build_app
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.registry import RedisRegistry
 from clawql_secrets.gateway.tools import load_tools
+from tests.shipped import Shipped
+
+ADMIN_SUBJECT = "clawql-admin"
+ADMIN_AUDIENCE = "clawql-gateway-admin"
 
 
 def free_port() -> int:
@@ -43,11 +61,18 @@ def free_port() -> int:
 
 @dataclass
 class Canaries:
-    """Every credential seen: OpenBao tokens (responses and request headers), DB passwords."""
+    """Every credential seen: OpenBao tokens (responses and request headers), accessors,
+    exchange assertions and JWTs sent to log in, DB passwords, keys, identity tokens."""
 
     values: set[str] = field(default_factory=set)
     db_users: dict[str, str] = field(default_factory=dict)
     identity_tokens: list[str] = field(default_factory=list)
+    # (login role, assertion) of every exchange login, in order; the anchor tokens.
+    assertions: list[tuple[str, str]] = field(default_factory=list)
+    anchors: list[str] = field(default_factory=list)
+    # Anchor token accessors: the registry keeps them by design (ADR 0010), so they
+    # are searched for everywhere but there.
+    accessors: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, value: object) -> None:
@@ -55,14 +80,24 @@ class Canaries:
             with self.lock:
                 self.values.add(value)
 
+    def found_in(self, text: str, *, accessors: bool = True) -> list[str]:
+        """The canaries in ``text``, each shortened to a harmless prefix."""
+        with self.lock:
+            values = self.values if accessors else self.values - self.accessors
+            return [c[:4] + "…" for c in values if c in text]
+
 
 class RecordingTransport(httpx.BaseTransport):
-    def __init__(self, inner: httpx.BaseTransport, canaries: Canaries) -> None:
+    def __init__(
+        self, inner: httpx.BaseTransport, canaries: Canaries, exchange_mount: str = "agents"
+    ) -> None:
         self._inner = inner
         self._c = canaries
+        self._login_path = f"/v1/auth/{exchange_mount}/login"
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self._c.add(request.headers.get("x-vault-token"))
+        role = self._sent_login(request)
         resp = self._inner.handle_request(request)
         resp.read()
         with contextlib.suppress(ValueError):
@@ -71,6 +106,14 @@ class RecordingTransport(httpx.BaseTransport):
                 auth = body.get("auth") or {}
                 self._c.add(auth.get("client_token"))
                 self._c.add(auth.get("accessor"))
+                accessor = auth.get("accessor")
+                if isinstance(accessor, str) and accessor:
+                    with self._c.lock:
+                        self._c.accessors.add(accessor)
+                token = auth.get("client_token")
+                if role is not None and role.endswith(".session") and isinstance(token, str):
+                    with self._c.lock:
+                        self._c.anchors.append(token)
                 data = body.get("data") or {}
                 if isinstance(data, dict) and isinstance(data.get("private_key"), str):
                     key = data["private_key"]
@@ -88,6 +131,25 @@ class RecordingTransport(httpx.BaseTransport):
                         self._c.db_users[str(data.get("username"))] = str(data["password"])
         return resp
 
+    def _sent_login(self, request: httpx.Request) -> str | None:
+        """A login's JWT (the exchange assertion, or the gateway's workload JWT) joins the
+        canaries; returns the role of an exchange login."""
+        if not request.url.path.endswith("/login"):
+            return None
+        try:
+            body = json.loads(request.content or b"null")
+        except ValueError:
+            return None
+        if not isinstance(body, dict):
+            return None
+        jwt, role = body.get("jwt"), str(body.get("role", ""))
+        self._c.add(jwt)
+        if request.url.path != self._login_path or not isinstance(jwt, str):
+            return None
+        with self._c.lock:
+            self._c.assertions.append((role, jwt))
+        return role
+
     def close(self) -> None:
         self._inner.close()
 
@@ -102,8 +164,28 @@ class LogCapture(logging.Handler):
         self.lines.append(self.format(record))
 
 
-def write_config(path: Path, cfg: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(cfg))
+def config_for(sh: Shipped, port: int, **update: Any) -> GatewayConfig:
+    """The gateway configuration ``up`` writes for ``sh``'s state, served on ``port``, with
+    the knobs the live tests turn: a fast sweeper, a 300 ms statement timeout (a
+    ``pg_sleep`` fails fast) and the stack's workload issuer as admin identity (for
+    ``POST /v1/sessions/{sid}/revoke``). ``update`` replaces top-level sections."""
+    s = sh.settings
+    raw = sh.gateway_config(port).model_dump(mode="json")
+    raw["sweep_interval"] = 0.3
+    raw["sql"]["statement_timeout_ms"] = 300
+    raw["admin"] = {
+        "jwks_file": str(s.issuer_dir / "jwks.json"),
+        "issuer": stack.ISSUER_URL,
+        "audience": ADMIN_AUDIENCE,
+        "subjects": [ADMIN_SUBJECT],
+    }
+    raw.update(update)
+    return GatewayConfig.model_validate(raw)
+
+
+def write_config(path: Path, cfg: GatewayConfig | dict[str, Any]) -> Path:
+    raw = cfg.model_dump(mode="json") if isinstance(cfg, GatewayConfig) else cfg
+    path.write_text(yaml.safe_dump(raw))
     return path
 
 
@@ -124,15 +206,21 @@ class InProcessReplica:
             reg.close()
 
 
-def start_in_process(cfg_dict: dict[str, Any], canaries: Canaries) -> InProcessReplica:
-    cfg = GatewayConfig.model_validate(cfg_dict)
+def recording_client(cfg: GatewayConfig, canaries: Canaries) -> OpenBaoClient:
+    """An OpenBao client as the gateway builds one, whose traffic feeds ``canaries``."""
     inner = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(cfg.openbao.ca_file)))
-    bao = OpenBaoClient(
+    return OpenBaoClient(
         cfg.openbao.addrs,
         cfg.openbao.ca_file,
         retry_for=cfg.openbao.retry_for,
-        transport=RecordingTransport(inner, canaries),
+        transport=RecordingTransport(inner, canaries, cfg.sessions.mount),
     )
+
+
+def start_in_process(cfg: GatewayConfig | dict[str, Any], canaries: Canaries) -> InProcessReplica:
+    if not isinstance(cfg, GatewayConfig):
+        cfg = GatewayConfig.model_validate(cfg)
+    bao = recording_client(cfg, canaries)
     gw = Gateway(
         cfg,
         bao=bao,
@@ -232,6 +320,97 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.02) -> float:
         if time.monotonic() - start > timeout:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def claims(jwt: str) -> dict[str, Any]:
+    """A JWT's payload, unverified (the test made it)."""
+    seg = jwt.split(".")[1]
+    value: dict[str, Any] = json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))
+    return value
+
+
+def sid(jwt: str) -> str:
+    return str(claims(jwt)["sid"])
+
+
+def _superuser() -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
+
+
+def role_exists(name: str) -> bool:
+    with _superuser() as c:
+        return c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchone() is not None
+
+
+def backends_of(name: str) -> int:
+    with _superuser() as c:
+        row = c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", [name]
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def seed_items(sh: Shipped, schemas: tuple[str, ...] = ("acme", "globex")) -> None:
+    """Test data in the run's own database: ``<schema>.items``, 50 rows named after the
+    schema. Made before any session, so the example's grants (``ON ALL TABLES IN
+    SCHEMA``, at user creation) cover it."""
+    with psycopg.connect(
+        host="127.0.0.1", user="postgres", dbname=sh.pg_database, autocommit=True
+    ) as c:
+        for schema in schemas:
+            table = pgsql.Identifier(schema, "items")
+            c.execute(
+                pgsql.SQL("CREATE TABLE IF NOT EXISTS {} (id int PRIMARY KEY, name text)").format(
+                    table
+                )
+            )
+            c.execute(
+                pgsql.SQL(
+                    "INSERT INTO {} SELECT g, {} || g FROM generate_series(1, 50) g "
+                    "ON CONFLICT DO NOTHING"
+                ).format(table, pgsql.Literal(f"{schema}-row-"))
+            )
+
+
+def audit_text(settings: StackSettings) -> str:
+    """Every node's OpenBao audit file."""
+    parts = []
+    for node in NODE_IDS:
+        with contextlib.suppress(FileNotFoundError):
+            parts.append(settings.audit_log(node).read_text(errors="replace"))
+    return "\n".join(parts)
+
+
+def redis_text(prefix: str) -> str:
+    """Every key and value of the registry under ``prefix``, whatever its type."""
+    r = redis.Redis(host="127.0.0.1", port=6379, decode_responses=True)
+    out: list[str] = []
+    try:
+        for key in r.scan_iter(f"{prefix}:*"):
+            kind = r.type(key)
+            if kind == "hash":
+                value: object = r.hgetall(key)
+            elif kind == "set":
+                value = r.smembers(key)
+            elif kind == "zset":
+                value = r.zrange(key, 0, -1, withscores=True)
+            elif kind == "list":
+                value = r.lrange(key, 0, -1)
+            else:
+                value = r.get(key)
+            out.append(f"{key} {value}")
+    finally:
+        r.close()
+    return "\n".join(out)
+
+
+def drop_registry(prefix: str) -> None:
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        for key in r.scan_iter(f"{prefix}:*"):
+            r.delete(key)
+    finally:
+        r.close()
 
 
 @contextlib.contextmanager

@@ -115,7 +115,7 @@ def test_direct_tool_route_answers_like_the_router(
     r = client.get("/v1/tools/sql.query", headers=h)
     assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed")
     r = client.post("/v1/tools/sql.query", json={}, headers={"Authorization": "Basic x"})
-    assert (r.status_code, r.json()["error"]["code"]) == (400, "missing_bearer")
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "missing_bearer")
 
 
 # -- the login pool against a local HTTPS server ---------------------------------------

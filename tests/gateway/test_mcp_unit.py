@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 
 from clawql_secrets.gateway import openapi, session_issuer
-from clawql_secrets.gateway.app import build_app
+from clawql_secrets.gateway.app import Challenge, build_app, resource_metadata_url
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.gateway.tools import ToolContext
@@ -72,6 +72,13 @@ class Env:
     issuer: LocalIssuer
     bao_token: str
     logins: list[str] = field(default_factory=list)
+
+    @property
+    def challenge(self) -> Challenge:
+        """The 401/403 challenges, naming the metadata of the configured canonical URI."""
+        url = resource_metadata_url(self.gw.config.sessions.audience)
+        assert url is not None and url.endswith("/.well-known/oauth-protected-resource")
+        return Challenge.for_metadata(url)
 
     def jwt(self, tenant: str = "acme") -> str:
         return session_issuer.issue(
@@ -221,10 +228,9 @@ def test_unauthenticated_is_401(
             for body in (INIT, _rpc("tools/call", {"name": "echo", "arguments": {"text": "x"}})):
                 r = await s.post(authorization, body)
                 assert r.status_code == 401, (case, r.text)
-                # The unit config's audience is no URL: no resource_metadata to name.
                 missing = case in ("missing", "not_bearer_scheme", "empty_bearer")
                 assert r.headers["www-authenticate"] == (
-                    "Bearer" if missing else 'Bearer error="invalid_token"'
+                    env.challenge.missing if missing else env.challenge.invalid_token
                 )
                 assert r.json()["error"]["code"] in codes, r.text
             r = await s.raw.get("/mcp", headers={"Authorization": authorization or ""})
@@ -397,7 +403,7 @@ def test_ended_session_is_401_on_every_method(env: Env) -> None:
             for body in (INIT, _rpc("tools/list"), call, _rpc("ping")):
                 r = await s.post(jwt, body)
                 assert (r.status_code, r.json()["error"]["code"]) == (401, "session_ended")
-                assert r.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+                assert r.headers["www-authenticate"] == env.challenge.invalid_token
 
     anyio.run(go)
     assert len(env.logins) == 1  # refused before any OpenBao login

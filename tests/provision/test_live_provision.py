@@ -354,7 +354,10 @@ def test_service_role_is_rendered_and_only_its_names_can_be_signed(env: Env) -> 
 
 
 def _agent_token(e: Env, tenant: str, agent: str, role: str) -> str:
-    auth = agent_login(e.client, e.settings.data_dir, tenant=tenant, agent=agent, role=role)
+    # The session anchor role's service token: revocable, so the tests can clean up.
+    auth = agent_login(
+        e.client, e.settings.data_dir, tenant=tenant, agent=agent, role=role, anchor=True
+    )
     return str(auth["client_token"])
 
 
