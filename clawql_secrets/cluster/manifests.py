@@ -34,6 +34,8 @@ class K8sSpec:
     storage_size: str = "10Gi"
     audit_size: str = "20Gi"
     pkcs11_library: str = "/usr/lib/softhsm/libsofthsm2.so"
+    # Where the platform runs agent pods: they may reach the gateway and nothing else.
+    agent_namespace: str = "clawql-agents"
 
     def __post_init__(self) -> None:
         if self.replicas < 3:
@@ -255,6 +257,95 @@ def render(spec: K8sSpec) -> list[dict[str, Any]]:
             "spec": {"selector": bridge_labels, "ports": [{"name": "transit", "port": 8443}]},
         },
         bridge,
+        *network_policies(spec),
+    ]
+
+
+GATEWAY_APP, GATEWAY_PORT = "clawql-gateway", 8270
+# Pods of this namespace allowed to call OpenBao's API: the gateway, the audit
+# shipper, the certificate renewer, operators' jobs. Agents never carry it.
+OPENBAO_CLIENT_LABEL = "clawql.io/openbao-client"
+
+
+def network_policies(spec: K8sSpec) -> list[dict[str, Any]]:
+    """The walls of ADR 0010 in the cluster's own terms (a second wall behind the
+    gateway's exchange): agent pods reach the gateway only; OpenBao's API answers the
+    labelled service pods of this namespace and its peers only; the HSM bridge answers
+    OpenBao only. Default-deny for the agents' namespace, then the one allowance."""
+    ns, agents = spec.namespace, spec.agent_namespace
+    openbao = {"app.kubernetes.io/name": APP}
+    dns = {
+        "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+
+    def policy(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": body,
+        }
+
+    return [
+        policy(
+            "agents-reach-only-the-gateway",
+            agents,
+            {
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [],
+                "egress": [
+                    {
+                        "to": [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": ns}
+                                },
+                                "podSelector": {"matchLabels": {"app": GATEWAY_APP}},
+                            }
+                        ],
+                        "ports": [{"protocol": "TCP", "port": GATEWAY_PORT}],
+                    },
+                    dns,
+                ],
+            },
+        ),
+        policy(
+            "openbao-api-from-services-only",
+            ns,
+            {
+                "podSelector": {"matchLabels": openbao},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [{"podSelector": {"matchLabels": {OPENBAO_CLIENT_LABEL: "true"}}}],
+                        "ports": [{"protocol": "TCP", "port": 8200}],
+                    },
+                    {
+                        "from": [{"podSelector": {"matchLabels": openbao}}],
+                        "ports": [
+                            {"protocol": "TCP", "port": 8200},
+                            {"protocol": "TCP", "port": 8201},
+                        ],
+                    },
+                ],
+            },
+        ),
+        policy(
+            "hsm-bridge-from-openbao-only",
+            ns,
+            {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "clawql-hsm-bridge"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [{"podSelector": {"matchLabels": openbao}}],
+                        "ports": [{"protocol": "TCP", "port": 8443}],
+                    }
+                ],
+            },
+        ),
     ]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import anyio
 import anyio.from_thread
 import httpx
 import pytest
+import uvicorn
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
@@ -76,6 +79,29 @@ class EchoTool:
 
     def run(self, ctx: ToolContext, args: EchoArgs) -> dict[str, Any]:
         return {"echo": args.text, "tenant": ctx.claims.tenant, "tool": self.name}
+
+
+@contextlib.contextmanager
+def serving(app: Starlette, port: int) -> Iterator[str]:
+    """``app`` under a real uvicorn (httptools, lifespan on) on ``127.0.0.1:port``, in a
+    thread; yields its base URL and stops it on exit."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 # -- the app over httpx's ASGI transport ------------------------------------------------

@@ -1,18 +1,18 @@
-"""The gateway against the real thing: 3-node OpenBao, PostgreSQL 15, Redis, two replicas.
+"""The gateway against the real thing: 3-node OpenBao, PostgreSQL, Redis, two replicas.
 
+OpenBao is configured as ``up`` configures it: the example desired state applied
+by the provisioner, its policies approved four-eyes (``tests.shipped``); the
+gateway's configuration is the one ``up`` derives from it (``live.config_for``).
 Replica A is in this process (so its OpenBao traffic can be recorded for the
 canaries), replica B a separate ``clawql-secrets gateway serve`` process; both
-share one Redis registry. The OpenBao configuration comes from
-``openbao_setup`` until ``provision apply`` replaces it.
+share one Redis registry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -23,30 +23,33 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import redis
 
 from clawql_secrets.cluster import bootstrap, stack
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
+from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.gateway import session_issuer
+from clawql_secrets.gateway.anomaly import tenant_schemas_from_state
 from clawql_secrets.gateway.config import GatewayConfig
-from clawql_secrets.gateway.core import Gateway
+from clawql_secrets.gateway.core import ACCESSOR_PREFIX, Gateway
 from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.gateway.tools import load_tools
 from clawql_secrets.issuer import LocalIssuer
-from tests.gateway import live, openbao_setup
+from tests import shipped
+from tests.agent_login import agent_login
+from tests.gateway import live
+from tests.gateway.live import backends_of, role_exists
 
 pytestmark = [pytest.mark.cluster, pytest.mark.gateway]
 
 ROLE = "analyst"
-ADMIN_SUBJECT = "clawql-admin"
-ADMIN_AUDIENCE = "clawql-gateway-admin"
+PG = "pg_main"
 
 
 @dataclass
 class Env:
-    settings: StackSettings
-    fx: openbao_setup.PGFixture
+    sh: shipped.Shipped
+    cfg: GatewayConfig
     sessions: LocalIssuer
     workload: LocalIssuer
     a: live.InProcessReplica
@@ -54,106 +57,65 @@ class Env:
     agent: live.Agent
     canaries: live.Canaries
     logs: live.LogCapture
-    dir: Path
-    prefix: str  # the registry's Redis keys
 
-    def jwt(self, tenant: str = "acme", agent: str = "bot", ttl: int = 600) -> str:
-        return session_issuer.issue(self.sessions, tenant=tenant, agent=agent, role=ROLE, ttl=ttl)
+    @property
+    def settings(self) -> StackSettings:
+        return self.sh.settings
+
+    def jwt(self, tenant: str = "acme", agent: str = "bot", ttl: int = 600, role: str = ROLE) -> str:
+        return session_issuer.issue(
+            self.sessions,
+            tenant=tenant,
+            agent=agent,
+            role=role,
+            ttl=ttl,
+            audience=self.cfg.sessions.audience,
+        )
 
     def admin_jwt(self) -> str:
-        return self.workload.mint(ADMIN_SUBJECT, ADMIN_AUDIENCE, ttl=120)
+        return self.workload.mint(live.ADMIN_SUBJECT, live.ADMIN_AUDIENCE, ttl=120)
 
     def sql(self, base: str, jwt: str, text: str, *params: Any) -> Any:
         return self.agent.call(base, jwt, "sql.query", {"sql": text, "params": list(params)})
-
-
-def _superuser() -> psycopg.Connection[tuple[Any, ...]]:
-    return psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
-
-
-def role_exists(name: str) -> bool:
-    with _superuser() as c:
-        return c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchone() is not None
-
-
-def backends_of(name: str) -> int:
-    with _superuser() as c:
-        row = c.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", [name]
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-
-def _gateway_config(
-    env_dir: Path, s: StackSettings, port: int, prefix: str, fx: Any
-) -> dict[str, Any]:
-    return {
-        "host": "127.0.0.1",
-        "port": port,
-        "openbao": {
-            "addrs": [s.api_addr(n) for n in NODE_IDS],
-            "ca_file": str(s.node_ca_dir / "ca.pem"),
-            "retry_for": 5,
-        },
-        "sessions": {"jwks_file": str(env_dir / "sessions-issuer" / "jwks.json")},
-        "identity": {
-            "local_issuer_dir": str(s.issuer_dir),
-            "local_issuer_url": stack.ISSUER_URL,
-        },
-        "admin": {
-            "jwks_file": str(s.issuer_dir / "jwks.json"),
-            "issuer": stack.ISSUER_URL,
-            "audience": ADMIN_AUDIENCE,
-            "subjects": [ADMIN_SUBJECT],
-        },
-        "registry": {"redis_url": "redis://127.0.0.1:6379/0", "prefix": prefix},
-        "databases": {"default": {"host": "127.0.0.1", "port": 5432, "dbname": fx.dbname}},
-        "sql": {"statement_timeout_ms": 300},
-        "sweep_interval": 0.3,
-    }
 
 
 @pytest.fixture(scope="module")
 def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     s = live_stack
     d = tmp_path_factory.mktemp("gw")
-    sessions = session_issuer.load_issuer(d)
-    workload = LocalIssuer.load_or_create(s.issuer_dir, stack.ISSUER_URL)
-    fx, admin_pw = openbao_setup.setup_postgres(("acme", "globex"))
-    prefix = f"clawql:gwtest:{secrets.token_hex(4)}"
-    r = redis.Redis(host="127.0.0.1", port=6379)
     canaries = live.Canaries()
-    canaries.add(admin_pw)
     stop: list[Any] = []
-    with live.captured_logs() as logs:
+    with live.captured_logs() as logs, shipped.provisioned(s, d) as sh:
+        live.seed_items(sh)
+        # The out_of_scope rule reads each tenant's schemas from the desired state
+        # (see test_shipped_gateway_config_names_each_tenants_schemas).
+        anomaly = live.scoped_anomaly(sh)
+        cfg = live.config_for(sh, live.free_port(), anomaly=anomaly)
         try:
-            with stack.client_for(s) as client:
-                openbao_setup.configure(
-                    client,
-                    workload,
-                    sessions,
-                    fx,
-                    admin_pw,
-                    agent_role=ROLE,
-                    audience=session_issuer.SESSION_AUDIENCE,
-                )
-            port_a, port_b = live.free_port(), live.free_port()
-            a = live.start_in_process(_gateway_config(d, s, port_a, prefix, fx), canaries)
+            a = live.start_in_process(cfg, canaries)
             stop.append(a)
-            cfg_b = live.write_config(d / "b.yaml", _gateway_config(d, s, port_b, prefix, fx))
+            port_b = live.free_port()
+            cfg_b = live.write_config(d / "b.yaml", live.config_for(sh, port_b, anomaly=anomaly))
             b = live.start_process(cfg_b, port_b, d / "b.log")
             stop.append(b)
             agent = live.Agent()
             stop.append(agent)
-            yield Env(s, fx, sessions, workload, a, b, agent, canaries, logs, d, prefix)
+            yield Env(
+                sh,
+                cfg,
+                session_issuer.load_issuer(s.data_dir),
+                LocalIssuer.load(s.issuer_dir, stack.ISSUER_URL),
+                a,
+                b,
+                agent,
+                canaries,
+                logs,
+            )
         finally:
             for thing in reversed(stop):
                 with contextlib.suppress(Exception):
                     thing.stop() if hasattr(thing, "stop") else thing.close()
-            openbao_setup.teardown_postgres(fx)
-            for key in r.scan_iter(f"{prefix}:*"):
-                r.delete(key)
-            r.close()
+            live.drop_registry(cfg.registry.prefix)
 
 
 def _user_of(env: Env, base: str, jwt: str) -> str:
@@ -162,28 +124,60 @@ def _user_of(env: Env, base: str, jwt: str) -> str:
     return str(resp.json()["result"]["rows"][0][0])
 
 
+def _logins_of(env: Env, jwt: str) -> list[tuple[str, dict[str, Any]]]:
+    """(role, claims) of replica A's exchange logins for ``jwt``'s session."""
+    sid = live.sid(jwt)
+    with env.canaries.lock:
+        sent = list(env.canaries.assertions)
+    return [(role, c) for role, a in sent if (c := live.claims(a)).get("sid") == sid]
+
+
 def test_tool_call_returns_sql_result_and_reuses_session_user(env: Env) -> None:
     jwt = env.jwt()
-    r = env.sql(env.a.url, jwt, "SELECT id, name FROM items WHERE id <= %s ORDER BY id", 3)
+    r = env.sql(env.a.url, jwt, "SELECT id, name FROM acme.items WHERE id <= %s ORDER BY id", 3)
     assert r.status_code == 200, r.text
     res = r.json()["result"]
     assert res["columns"] == ["id", "name"]
     assert res["rows"] == [[1, "acme-row-1"], [2, "acme-row-2"], [3, "acme-row-3"]]
     user1 = _user_of(env, env.a.url, jwt)
     user2 = _user_of(env, env.a.url, jwt)
-    assert user1 == user2 and user1.startswith(env.fx.user_prefix)
-    sid = _sid(jwt)
-    info = env.agent.send("GET", f"{env.a.url}/v1/sessions/{sid}", jwt).json()
-    assert (info["state"], info["lease_count"], info["tenant"]) == ("active", 1, "acme")
+    assert user1 == user2 and user1 in shipped.session_users(env.sh.pg_database)
+    info = env.agent.send("GET", f"{env.a.url}/v1/sessions/{live.sid(jwt)}", jwt).json()
+    # The session's registry entries: its anchor token's accessor and the DB lease.
+    assert (info["state"], info["lease_count"], info["tenant"]) == ("active", 2, "acme")
     # limits: rows, one statement only
     r = env.agent.call(
         env.a.url, jwt, "sql.query", {"sql": "SELECT g FROM generate_series(1,50) g", "max_rows": 5}
     )
     assert r.json()["result"]["truncated"] is True and len(r.json()["result"]["rows"]) == 5
-    r = env.sql(env.a.url, jwt, "SELECT 1; DROP TABLE items")
+    r = env.sql(env.a.url, jwt, "SELECT 1; DROP TABLE acme.items")
     assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_error")
     r = env.sql(env.a.url, jwt, "SELECT pg_sleep(5)")
     assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_timeout")
+
+
+def test_each_call_is_an_exchange_naming_agent_and_gateway(env: Env) -> None:
+    """What OpenBao saw: per call a seconds-lived assertion signed by the gateway (never
+    the session JWT), for the agent role's batch role; once, for the session's DB user,
+    one for its anchor role."""
+    jwt = env.jwt("globex", "exchanged")
+    for _ in range(3):
+        assert env.sql(env.a.url, jwt, "SELECT 1").status_code == 200
+    logins = _logins_of(env, jwt)
+    assert [role for role, _ in logins] == [ROLE, f"{ROLE}.session", ROLE, ROLE]
+    x, session = env.cfg.exchange, live.claims(jwt)
+    for _, c in logins:
+        assert (c["iss"], c["aud"], c["act"]) == (x.issuer, x.audience, {"sub": x.actor})
+        assert (c["sub"], c["tenant"], c["agent"], c["agent_role"]) == (
+            "globex/exchanged",
+            "globex",
+            "exchanged",
+            ROLE,
+        )
+        assert c["exp"] - c["iat"] <= x.ttl and c["exp"] <= session["exp"]
+    with env.canaries.lock:
+        sent = [a for _, a in env.canaries.assertions]
+    assert jwt not in sent and len(env.canaries.anchors) >= 1
 
 
 def _row(env: Env, jwt: str, text: str) -> list[Any]:
@@ -210,7 +204,7 @@ def test_sql_session_state_does_not_outlive_a_call(env: Env) -> None:
     # The next call is on a new connection, and the one left in a transaction is closed.
     (pid2,) = _row(env, jwt, "SELECT pg_backend_pid()")
     assert pid2 != pid
-    with _superuser() as su:
+    with live._superuser() as su:
         live.wait_until(
             lambda: (
                 not su.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
@@ -222,20 +216,27 @@ def test_sql_session_state_does_not_outlive_a_call(env: Env) -> None:
 def test_cross_tenant_refused(env: Env) -> None:
     jwt = env.jwt("acme", "spy")
     # The database layer: no privilege on the other tenant's schema (a query that
-    # does not name it schema-qualified, so the anomaly rule lets it through).
-    r = env.sql(env.a.url, jwt, "SELECT has_schema_privilege('t_globex', 'USAGE')")
+    # does not name it as a schema, so the anomaly rule lets it through).
+    r = env.sql(env.a.url, jwt, "SELECT has_schema_privilege('globex', 'USAGE')")
     assert r.status_code == 200 and r.json()["result"]["rows"] == [[False]], r.text
-    r = env.sql(env.a.url, jwt, "SELECT * FROM items WHERE name LIKE %s", "globex%")
+    r = env.sql(env.a.url, jwt, "SELECT * FROM acme.items WHERE name LIKE %s", "globex%")
     assert r.status_code == 200 and r.json()["result"]["rows"] == [], r.text
-    # The layer below: acme's own OpenBao token cannot get globex's creds either.
+    # The exchange: reporter is globex's role only; OpenBao refuses an acme subject.
+    r = env.sql(env.a.url, env.jwt("acme", "spy2", role="reporter"), "SELECT 1")
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "exchange_refused"), r.text
     with stack.client_for(env.settings) as client:
-        login = client.request(
-            "POST", "auth/sessions/login", body={"role": ROLE, "jwt": jwt}, token=""
-        )
-        token = login["auth"]["client_token"]
+        # The session JWT itself opens nothing in OpenBao.
+        with pytest.raises(OpenBaoError) as err:
+            client.request("POST", "auth/agents/login", body={"role": ROLE, "jwt": jwt}, token="")
+        assert err.value.status == 400
+        # The layer below: acme's own OpenBao token (as the gateway gets it) cannot get
+        # globex's credentials either.
+        auth = agent_login(client, env.settings.data_dir, tenant="acme", agent="spy", role=ROLE)
+        token = str(auth["client_token"])
         env.canaries.add(token)
-        with pytest.raises(Exception, match="403"):
-            client.read(f"database/creds/{ROLE}-globex", token=token)
+        with pytest.raises(OpenBaoError) as err:
+            client.read(f"database/creds/globex-{ROLE}-{PG}", token=token)
+        assert err.value.status == 403
 
 
 def test_delete_drops_role_terminates_connection_and_refuses_jwt(env: Env) -> None:
@@ -243,13 +244,14 @@ def test_delete_drops_role_terminates_connection_and_refuses_jwt(env: Env) -> No
     user = _user_of(env, env.a.url, jwt)
     password = env.canaries.db_users[user]
     held = psycopg.connect(
-        host="127.0.0.1", dbname=env.fx.dbname, user=user, password=password, autocommit=True
+        host="127.0.0.1", dbname=env.sh.pg_database, user=user, password=password, autocommit=True
     )
     try:
         held.execute("SELECT 1")
-        r = env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{_sid(jwt)}", jwt)
+        r = env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{live.sid(jwt)}", jwt)
         assert r.status_code == 200, r.text
-        assert r.json()["leases_revoked"] == 1
+        # The DB lease and the anchor token it hangs off.
+        assert (r.json()["leases_revoked"], r.json()["state"]) == (2, "ended")
         # DELETE answers after the revocation: the role is gone (latency: make bench).
         live.wait_until(lambda: not role_exists(user), timeout=10.0)
         with pytest.raises(psycopg.OperationalError):
@@ -267,10 +269,10 @@ def test_two_replicas_share_the_registry(env: Env) -> None:
     user_b = _user_of(env, env.b.url, jwt)  # started on B (separate process)
     user_a = _user_of(env, env.a.url, jwt)  # A lacks B's credential: it gets its own lease
     assert user_a != user_b
-    info = env.agent.send("GET", f"{env.a.url}/v1/sessions/{_sid(jwt)}", jwt).json()
-    assert info["lease_count"] == 2
-    r = env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{_sid(jwt)}", jwt)  # ended on A
-    assert r.json()["leases_revoked"] == 2
+    info = env.agent.send("GET", f"{env.a.url}/v1/sessions/{live.sid(jwt)}", jwt).json()
+    assert info["lease_count"] == 4  # two DB leases, two anchor accessors
+    r = env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{live.sid(jwt)}", jwt)  # ended on A
+    assert r.json()["leases_revoked"] == 4
     live.wait_until(lambda: not role_exists(user_a) and not role_exists(user_b), timeout=1.0)
     assert backends_of(user_b) == 0
     r = env.sql(env.b.url, jwt, "SELECT 1")
@@ -280,7 +282,7 @@ def test_two_replicas_share_the_registry(env: Env) -> None:
 def test_admin_revoke(env: Env) -> None:
     jwt = env.jwt("acme", "rogue")
     user = _user_of(env, env.b.url, jwt)
-    sid = _sid(jwt)
+    sid = live.sid(jwt)
     r = env.agent.send("POST", f"{env.b.url}/v1/sessions/{sid}/revoke", jwt)
     assert (r.status_code, r.json()["error"]["code"]) == (403, "not_admin")
     r = env.agent.send("POST", f"{env.a.url}/v1/sessions/{sid}/revoke", env.admin_jwt())
@@ -297,7 +299,7 @@ def test_sweeper_ends_expired_session(env: Env) -> None:
     live.wait_until(lambda: not role_exists(user), timeout=15.0, interval=0.1)
     # The lease (bounded to exp, rounded down) may drop the user just before the
     # sweeper ends the session at exp.
-    url = f"{env.a.url}/v1/sessions/{_sid(jwt)}"
+    url = f"{env.a.url}/v1/sessions/{live.sid(jwt)}"
     live.wait_until(
         lambda: env.agent.send("GET", url, env.admin_jwt()).json()["state"] == "ended",
         timeout=10.0,
@@ -311,27 +313,23 @@ def test_lease_bounded_to_session_dies_with_no_gateway(env: Env) -> None:
     """A gateway creates the session's user and dies; OpenBao drops the user at ``exp``.
 
     The gateway here has its own in-memory registry and no sweeper, so neither
-    replica A nor B knows the session: only the lease's TTL can end it.
+    replica A nor B knows the session: only TTLs can end it — the DB lease's and
+    the anchor token's it hangs off, both set to the session's remaining life.
     """
-    cfg = GatewayConfig.model_validate(
-        _gateway_config(env.dir, env.settings, live.free_port(), "unused", env.fx)
-    )
-    inner = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(cfg.openbao.ca_file)))
-    bao = OpenBaoClient(
-        cfg.openbao.addrs,
-        cfg.openbao.ca_file,
-        retry_for=5,
-        transport=live.RecordingTransport(inner, env.canaries),
-    )
+    cfg = env.cfg.model_copy(update={"port": live.free_port()})
+    bao = live.recording_client(cfg, env.canaries)
     gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=load_tools(cfg))
-    ttl = 8
-    jwt = env.jwt("acme", "orphan", ttl=ttl)
-    exp = _claims(jwt)["exp"]
+    jwt = env.jwt("acme", "orphan", ttl=8)
+    exp = live.claims(jwt)["exp"]
     try:
         out = gw.call_tool(jwt, "sql.query", {"sql": "SELECT current_user"})
         user = str(out["rows"][0][0])
-        (lease_id,) = gw.registry.leases(_sid(jwt))
-        assert gw.metrics.lease_bounds.labels("ok")._value.get() == 1
+        entries = gw.registry.leases(live.sid(jwt))
+        (accessor,) = [e[len(ACCESSOR_PREFIX) :] for e in entries if e.startswith(ACCESSOR_PREFIX)]
+        (lease_id,) = [e for e in entries if not e.startswith(ACCESSOR_PREFIX)]
+        bounds = gw.metrics.lease_bounds
+        assert bounds.labels("ok")._value.get() + bounds.labels("already")._value.get() == 1
+        assert bounds.labels("failed")._value.get() == 0
     finally:
         gw.close()  # the "gateway dies": its pools close, nothing is revoked
         bao.close()
@@ -339,13 +337,15 @@ def test_lease_bounded_to_session_dies_with_no_gateway(env: Env) -> None:
         tok = bootstrap.login(client, env.workload, bootstrap.GATEWAY)
         try:
             look = client.write("sys/leases/lookup", {"lease_id": lease_id}, token=tok)
+            anchor = client.write("auth/token/lookup-accessor", {"accessor": accessor}, token=tok)
         finally:
             client.request("POST", "auth/token/revoke-self", token=tok, retry_for=2)
-    lease_ttl = int(look["data"]["ttl"])
-    assert 0 < lease_ttl <= exp - time.time() + 1, (lease_ttl, exp - time.time())
+    left = exp - time.time()
+    assert 0 < int(look["data"]["ttl"]) <= left + 1, (look["data"]["ttl"], left)
+    assert 0 < int(anchor["data"]["ttl"]) <= left + 1, (anchor["data"]["ttl"], left)
     password = env.canaries.db_users[user]
     held = psycopg.connect(
-        host="127.0.0.1", dbname=env.fx.dbname, user=user, password=password, autocommit=True
+        host="127.0.0.1", dbname=env.sh.pg_database, user=user, password=password, autocommit=True
     )
     try:
         assert role_exists(user)
@@ -360,11 +360,22 @@ def test_lease_bounded_to_session_dies_with_no_gateway(env: Env) -> None:
         held.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="product gap: gateway/localstack.stack_gateway_config (what `up` writes) sets no "
+    "anomaly.tenant_schemas, so the shipped gateway's out_of_scope rule never fires; this "
+    "module sets them from the desired state (live.scoped_anomaly)",
+)
+def test_shipped_gateway_config_names_each_tenants_schemas(env: Env) -> None:
+    shipped_cfg = env.sh.gateway_config()
+    assert shipped_cfg.anomaly.tenant_schemas == tenant_schemas_from_state(env.sh.state)
+
+
 def test_anomaly_out_of_scope_revokes_and_is_audited(env: Env) -> None:
     jwt = env.jwt("acme", "wanderer")
-    sid = _sid(jwt)
+    sid = live.sid(jwt)
     user = _user_of(env, env.a.url, jwt)
-    r = env.sql(env.a.url, jwt, 'SELECT * FROM "t_globex" . items')
+    r = env.sql(env.a.url, jwt, 'SELECT * FROM "globex" . items')
     assert (r.status_code, r.json()["error"]["code"]) == (403, "anomaly_revoked"), r.text
     assert "globex-row" not in r.text
     live.wait_until(lambda: not role_exists(user), timeout=10.0)
@@ -373,13 +384,13 @@ def test_anomaly_out_of_scope_revokes_and_is_audited(env: Env) -> None:
     r = env.sql(env.b.url, jwt, "SELECT 1")
     assert (r.status_code, r.json()["error"]["code"]) == (401, "session_ended")
     path = f"secret/data/clawql-anomalies/{sid}/out_of_scope"
-    live.wait_until(lambda: path in _audit_text(env), timeout=3.0, interval=0.1)
+    live.wait_until(lambda: path in live.audit_text(env.settings), timeout=3.0, interval=0.1)
     assert any("anomaly sid=" + sid in line and "out_of_scope" in line for line in env.logs.lines)
 
 
 def test_anomaly_denied_burst_revokes(env: Env) -> None:
     jwt = env.jwt("globex", "prober")
-    sid = _sid(jwt)
+    sid = live.sid(jwt)
     codes = []
     for _ in range(8):
         r = env.sql(env.a.url, jwt, "SELECT rolpassword FROM pg_authid")
@@ -432,7 +443,8 @@ def test_leader_kill_during_tool_calls(env: Env) -> None:
             assert pid
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
-            # A fresh session's first use (JWT login, creds, lease bound) through the failover.
+            # A fresh session's first use (exchange, anchor, creds, lease bound) through
+            # the failover.
             fresh = env.jwt("acme", "newcomer", ttl=60)
             r = env.sql(env.b.url, fresh, "SELECT current_user")
             for _ in range(20):
@@ -451,7 +463,7 @@ def test_leader_kill_during_tool_calls(env: Env) -> None:
     first_ok = min(ts for ts, st in log if ts > killed and st == 200)
     assert first_ok - killed < 10, f"calls resumed {first_ok - killed:.1f}s after the kill"
     for jwt in (steady, fresh):
-        sid = _sid(jwt)
+        sid = live.sid(jwt)
         info = env.agent.send("GET", f"{env.a.url}/v1/sessions/{sid}", jwt).json()
         assert info["state"] == "active" and info["lease_count"] >= 1
         r = env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{sid}", jwt)
@@ -461,17 +473,10 @@ def test_leader_kill_during_tool_calls(env: Env) -> None:
     print(f"leader kill: resumed after {first_ok - killed:.2f}s, {failures} failed calls")
 
 
-def _audit_text(env: Env) -> str:
-    parts = []
-    for node in NODE_IDS:
-        with contextlib.suppress(FileNotFoundError):
-            parts.append(env.settings.audit_log(node).read_text(errors="replace"))
-    return "\n".join(parts)
-
-
 def test_zz_canaries_never_leak(env: Env) -> None:
-    """Every credential issued in this module: in no response, log line, metrics page
-    or OpenBao audit log (which HMACs tokens and passwords)."""
+    """Every credential issued or sent in this module — OpenBao tokens (batch and anchor),
+    accessors, exchange assertions, DB passwords: in no response, log line, metrics
+    page, OpenBao audit log (which HMACs tokens, JWTs and passwords) or registry."""
     for base in (env.a.url, env.b.url):
         env.agent.send("GET", f"{base}/metrics")
         env.agent.send("GET", f"{base}/openapi.json")
@@ -479,50 +484,18 @@ def test_zz_canaries_never_leak(env: Env) -> None:
         "responses": "\n".join(env.agent.bodies),
         "gateway A log": "\n".join(env.logs.lines),
         "gateway B log": env.b.log_path.read_text(errors="replace"),
-        "OpenBao audit logs": _audit_text(env),
-        "the Redis registry": _redis_text(env.prefix),
+        "OpenBao audit logs": live.audit_text(env.settings),
     }
+    registry = live.redis_text(env.cfg.registry.prefix)
     assert "database/creds/" in haystacks["OpenBao audit logs"]
-    assert "database/creds/" in haystacks["the Redis registry"]  # lease ids are there
+    assert "database/creds/" in registry  # lease ids are there
+    assert ACCESSOR_PREFIX in registry  # and anchor accessors (no token): ADR 0010
     assert len(env.canaries.db_users) >= 5
-    assert len(env.canaries.values) >= 10
+    assert len(env.canaries.assertions) >= 10 and len(env.canaries.anchors) >= 5
+    assert len(env.canaries.values) >= 20
     for where, text in haystacks.items():
-        hits = [c[:4] + "…" for c in env.canaries.values if c in text]
+        hits = env.canaries.found_in(text)
         assert not hits, f"{len(hits)} credentials found in {where}"
+    hits = env.canaries.found_in(registry, accessors=False)
+    assert not hits, f"{len(hits)} credentials found in the Redis registry"
     assert "clawql_gateway_tool_calls_total" in haystacks["responses"]
-
-
-def _redis_text(prefix: str) -> str:
-    """Every key and value of the registry, whatever its type."""
-    r = redis.Redis(host="127.0.0.1", port=6379, decode_responses=True)
-    out: list[str] = []
-    try:
-        for key in r.scan_iter(f"{prefix}:*"):
-            kind = r.type(key)
-            if kind == "hash":
-                value: object = r.hgetall(key)
-            elif kind == "set":
-                value = r.smembers(key)
-            elif kind == "zset":
-                value = r.zrange(key, 0, -1, withscores=True)
-            elif kind == "list":
-                value = r.lrange(key, 0, -1)
-            else:
-                value = r.get(key)
-            out.append(f"{key} {value}")
-    finally:
-        r.close()
-    return "\n".join(out)
-
-
-def _claims(jwt: str) -> dict[str, Any]:
-    import base64
-    import json
-
-    seg = jwt.split(".")[1]
-    value: dict[str, Any] = json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))
-    return value
-
-
-def _sid(jwt: str) -> str:
-    return str(_claims(jwt)["sid"])

@@ -1,12 +1,22 @@
-"""``sql.query``: one SQL statement as the session's own PostgreSQL user.
+"""``sql.query``: one SQL statement as the session's own database user.
 
 The user comes from ``<mount>/creds/<agent_role>-<tenant>`` read with the
 agent's per-call token, so OpenBao decides what the session may reach; its
 grants are confined to the tenant's schema. The first call of a session on a
-replica creates the user and a small pool; later calls reuse it. Every call
-runs in its own transaction with a statement timeout, the extended query
-protocol (exactly one statement, parameters bound server-side), and row and
-byte limits on the result.
+replica creates the user and a small pool; later calls reuse it.
+
+Per call, in this order:
+  1. validate: sizes, parameter count, the database name, then the statement
+     guard (``gateway/sqlguard.py``: parsed by the engine's grammar, one
+     statement, classes allowed for the role, no refused function or setting,
+     placeholders matching the parameters). Nothing is read from OpenBao and no
+     connection is opened before all of it passed.
+  2. run it in autocommit with a statement timeout the session cannot lift, the
+     extended query protocol (PostgreSQL) with ``$n`` parameters bound
+     server-side, ``standard_conforming_strings`` pinned on (the lexing the guard
+     assumed).
+  3. stream the result in chunks; the row and byte limits stop the fetch, and
+     what the server would still send is cancelled, never loaded.
 """
 
 from __future__ import annotations
@@ -17,14 +27,17 @@ import decimal
 import select
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg import pq
+from psycopg.adapt import PyFormat, Transformer
 from pydantic import BaseModel, ConfigDict, Field
 
+from clawql_secrets.errors import ConfigError
+from clawql_secrets.gateway import sqlguard
 from clawql_secrets.gateway.config import (
     DatabaseTarget,
     GatewayConfig,
@@ -38,12 +51,28 @@ from clawql_secrets.gateway.tools.pool import SessionPool, rows_result
 
 Scalar = str | int | float | bool | None
 
+# Rows per libpq result while streaming: memory holds one chunk, not the result.
+_CHUNK = 64
+# How long past the statement timeout a silent server is waited for.
+_SLACK_S = 10.0
+
 
 class SQLArgs(BaseModel):
+    """One SQL statement, run as the session's own database user.
+
+    Placeholders: PostgreSQL takes ``$1``, ``$2``…; MariaDB takes ``?``. ``%s`` is
+    also accepted on both when no native placeholder is used. ``%`` is otherwise an
+    ordinary character (``SELECT 5 % 2``, ``LIKE 'x%'``). Exactly one statement;
+    which kinds (read, write…) depends on the agent role.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    sql: str = Field(min_length=1)
-    params: list[Scalar] = []
+    sql: str = Field(
+        min_length=1,
+        description="one statement; PostgreSQL placeholders $1…$n, MariaDB placeholders ?",
+    )
+    params: list[Scalar] = Field(default=[], description="values for the placeholders, in order")
     database: str = "default"
     max_rows: int | None = Field(default=None, ge=1)
 
@@ -126,6 +155,25 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _allowed_classes(
+    databases: dict[str, DatabaseTarget],
+) -> dict[str, dict[str, frozenset[str]]]:
+    """Each database's ``statement_classes``, checked once at start: an unknown or
+    never-grantable class is an operator error, not a per-call surprise."""
+    out: dict[str, dict[str, frozenset[str]]] = {}
+    for name, target in databases.items():
+        out[name] = {}
+        for role, classes in target.statement_classes.items():
+            try:
+                out[name][role] = sqlguard.grantable(classes)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"gateway config databases.{name}.statement_classes.{role}: {exc}",
+                    fix="see docs: gateway configuration (statement classes)",
+                ) from None
+    return out
+
+
 class SQLQueryTool:
     name = "sql.query"
     args_model = SQLArgs
@@ -133,11 +181,13 @@ class SQLQueryTool:
     def __init__(self, databases: dict[str, DatabaseTarget], limits: SQLLimits) -> None:
         self.databases = databases
         self.limits = limits
+        self._classes = _allowed_classes(databases)
         # A fixed statement: the timeout is a validated int from the config.
         self._timeout_ms = int(limits.statement_timeout_ms)
         self._reset_timeout = f"SET statement_timeout = {self._timeout_ms}".encode()
 
     def run(self, ctx: ToolContext, args: SQLArgs) -> dict[str, Any]:
+        # 1. Validate everything before any credential is read or connection opened.
         lim = self.limits
         if len(args.sql.encode()) > lim.max_sql_bytes:
             raise RequestRejected(
@@ -150,20 +200,30 @@ class SQLQueryTool:
             raise RequestRejected(
                 "unknown_database", f"no database named {args.database[:64]!r}", status=404
             )
+        engine: sqlguard.Engine = "mariadb" if isinstance(target, MariaDBTarget) else "postgresql"
+        text = sqlguard.normalize_placeholders(engine, args.sql, len(args.params))
+        stmt = sqlguard.classify(engine, text)
+        allowed = self._classes[args.database].get(ctx.claims.agent_role, sqlguard.DEFAULT_CLASSES)
+        sqlguard.check_statement(stmt, allowed)
+        sqlguard.check_params(stmt, len(args.params))
         max_rows = min(args.max_rows or lim.max_rows, lim.max_rows)
+        # 2. Run it as the session's user.
         if isinstance(target, MariaDBTarget):
             mpool = ctx.resource(f"maria:{args.database}", lambda: mariadb.open_pool(ctx, target))
-            return mariadb.execute(mpool, args.sql, list(args.params), max_rows, lim, _jsonable)
+            return mariadb.execute(mpool, stmt, list(args.params), max_rows, lim, _jsonable)
         pg = target
         pool = ctx.resource(f"pg:{args.database}", lambda: self._open_pool(ctx, pg))
         try:
             with pool.connection() as conn:
-                return self._execute(conn, args, max_rows)
+                return self._execute(conn, stmt, list(args.params), max_rows)
         except psycopg.Error as exc:
             raise _translate(exc, pool.user) from None
 
     def _open_pool(self, ctx: ToolContext, target: PostgresTarget) -> PGPool:
         user, password = read_credential(ctx, target.mount, target.creds_role_template, "database")
+        # standard_conforming_strings: the string lexing pglast assumes (a server default
+        # of off would read backslashes in '…' differently from the guard).
+        options = f"-c statement_timeout={self._timeout_ms} -c standard_conforming_strings=on"
 
         def connect() -> psycopg.Connection[Any]:
             return psycopg.connect(
@@ -176,7 +236,7 @@ class SQLQueryTool:
                 application_name="clawql-gateway",
                 sslmode="disable" if target.host.startswith("127.") else "require",
                 autocommit=True,
-                options=f"-c statement_timeout={self._timeout_ms}",
+                options=options,
             )
 
         pool = PGPool(connect, target.pool_size, user, self._reset_timeout)
@@ -184,18 +244,135 @@ class SQLQueryTool:
         return pool
 
     def _execute(
-        self, conn: psycopg.Connection[Any], args: SQLArgs, max_rows: int
+        self,
+        conn: psycopg.Connection[Any],
+        stmt: sqlguard.Statement,
+        params: list[Scalar],
+        max_rows: int,
     ) -> dict[str, Any]:
-        lim = self.limits
         # The connection comes with the statement timeout set (``PGPool``).
-        with conn.cursor() as cur:
-            # binary=True forces the extended protocol: exactly one statement.
-            cur.execute(args.sql.encode(), args.params, prepare=False, binary=True)
-            if cur.description is None:
-                return {"columns": [], "rows": [], "row_count": cur.rowcount, "truncated": False}
-            columns = [d.name for d in cur.description]
-            raws = cur.fetchmany(max_rows + 1)
-        return rows_result(columns, raws, max_rows, lim.max_bytes, _jsonable)
+        deadline = time.monotonic() + self._timeout_ms / 1000 + _SLACK_S
+        stream = _PGStream(conn, deadline)
+        try:
+            stream.send(stmt.sql.encode(), params)
+            return stream.result(max_rows, self.limits.max_bytes)
+        except _Stalled:
+            conn.close()
+            raise BackendUnavailable(
+                "database_unavailable", "the database did not answer in time"
+            ) from None
+
+
+class _Stalled(Exception):
+    """The server sent nothing for longer than the statement timeout allows."""
+
+
+class _PGStream:
+    """One statement's result, read a chunk of rows at a time (libpq chunked-rows mode).
+
+    Memory holds one chunk. When the limits stop reading early, the rest is cancelled
+    on the server and what is already in flight discarded chunk by chunk, so the
+    connection goes back to the pool idle. Uses psycopg's public libpq layer
+    (``pgconn``) and ``Transformer``, as ``PGPool`` does.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], deadline: float) -> None:
+        self._conn = conn
+        self._pg = conn.pgconn
+        self._deadline = deadline
+        self._tx = Transformer(conn)
+        self._done = False
+
+    def send(self, sql: bytes, params: Sequence[Scalar]) -> None:
+        tx, pg = self._tx, self._pg
+        values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params)) if params else None
+        pg.send_query_params(
+            sql,
+            values,
+            tx.types if params else None,
+            tx.formats if params else None,
+            result_format=pq.Format.BINARY,
+        )
+        pg.set_chunked_rows_mode(_CHUNK)
+        while pg.flush() == 1:
+            self._wait(select.POLLIN | select.POLLOUT)
+            pg.consume_input()
+
+    def result(self, max_rows: int, max_bytes: int) -> dict[str, Any]:
+        first = self._next()
+        if first is None:
+            self._done = True
+            return {"columns": [], "rows": [], "row_count": -1, "truncated": False}
+        status = first.status
+        if status == pq.ExecStatus.FATAL_ERROR:
+            self._drain()
+            raise pgerrors.error_from_result(first, self._conn.info.encoding)
+        if status == pq.ExecStatus.COMMAND_OK:
+            self._drain()
+            count = first.command_tuples
+            return {
+                "columns": [],
+                "rows": [],
+                "row_count": -1 if count is None else count,
+                "truncated": False,
+            }
+        if status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.TUPLES_CHUNK):
+            # COPY and the like: the guard refuses them; a connection in that state is
+            # not worth saving.
+            self._conn.close()
+            raise RequestRejected(
+                "sql_unsupported_result", "the statement's result cannot be returned", status=422
+            )
+        enc = self._conn.info.encoding
+        columns = [(first.fname(i) or b"").decode(enc, "replace") for i in range(first.nfields)]
+        rows = self._rows(first)
+        try:
+            return rows_result(columns, rows, max_rows, max_bytes, _jsonable)
+        finally:
+            rows.close()
+            if not self._done:
+                self._abandon()
+
+    def _rows(self, first: pq.abc.PGresult) -> Generator[tuple[Any, ...], None, None]:
+        res: pq.abc.PGresult | None = first
+        while res is not None:
+            if res.status == pq.ExecStatus.FATAL_ERROR:
+                self._drain()
+                raise pgerrors.error_from_result(res, self._conn.info.encoding)
+            if res.ntuples:
+                self._tx.set_pgresult(res)
+                yield from self._tx.load_rows(0, res.ntuples, tuple)
+            res = self._next()
+        self._done = True
+
+    def _abandon(self) -> None:
+        """The limits stopped reading: cancel the rest on the server, discard what came."""
+        try:
+            self._conn.cancel_safe(timeout=min(5.0, max(0.1, self._deadline - time.monotonic())))
+            self._drain()
+        except (psycopg.Error, _Stalled):
+            self._conn.close()
+
+    def _drain(self) -> None:
+        while self._next() is not None:
+            pass
+        self._done = True
+
+    def _next(self) -> pq.abc.PGresult | None:
+        pg = self._pg
+        while pg.is_busy():
+            self._wait(select.POLLIN)
+            pg.consume_input()
+        return pg.get_result()
+
+    def _wait(self, events: int) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _Stalled
+        poller = select.poll()
+        poller.register(self._pg.socket, events)
+        if not poller.poll(left * 1000):
+            raise _Stalled
 
 
 def _translate(exc: psycopg.Error, user: str) -> Exception:
