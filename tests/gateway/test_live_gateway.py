@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,7 +61,9 @@ class Env:
     def settings(self) -> StackSettings:
         return self.sh.settings
 
-    def jwt(self, tenant: str = "acme", agent: str = "bot", ttl: int = 600, role: str = ROLE) -> str:
+    def jwt(
+        self, tenant: str = "acme", agent: str = "bot", ttl: int = 600, role: str = ROLE
+    ) -> str:
         return session_issuer.issue(
             self.sessions,
             tenant=tenant,

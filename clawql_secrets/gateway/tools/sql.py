@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import math
 import select
 import time
 import uuid
@@ -155,6 +156,17 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _encodable(value: Scalar) -> bool:
+    """False for a str with lone surrogates (JSON allows them; no database does)."""
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _allowed_classes(
     databases: dict[str, DatabaseTarget],
 ) -> dict[str, dict[str, frozenset[str]]]:
@@ -189,6 +201,10 @@ class SQLQueryTool:
     def run(self, ctx: ToolContext, args: SQLArgs) -> dict[str, Any]:
         # 1. Validate everything before any credential is read or connection opened.
         lim = self.limits
+        if not all(_encodable(v) for v in (args.sql, *args.params)):
+            raise RequestRejected(
+                "sql_bad_text", "the SQL text or a parameter is not valid Unicode text"
+            )
         if len(args.sql.encode()) > lim.max_sql_bytes:
             raise RequestRejected(
                 "sql_too_large", f"the SQL text exceeds {lim.max_sql_bytes} bytes", status=413
@@ -201,6 +217,10 @@ class SQLQueryTool:
                 "unknown_database", f"no database named {args.database[:64]!r}", status=404
             )
         engine: sqlguard.Engine = "mariadb" if isinstance(target, MariaDBTarget) else "postgresql"
+        if engine == "mariadb" and any(
+            isinstance(v, float) and not math.isfinite(v) for v in args.params
+        ):
+            raise RequestRejected("sql_bad_param", "MariaDB has no NaN or infinite values")
         text = sqlguard.normalize_placeholders(engine, args.sql, len(args.params))
         stmt = sqlguard.classify(engine, text)
         allowed = self._classes[args.database].get(ctx.claims.agent_role, sqlguard.DEFAULT_CLASSES)
