@@ -26,7 +26,8 @@ Why ``_`` but not ``-`` in tenants, roles and connections:
   letters, digits and ``_`` with a letter first is an identifier that neither
   engine must quote and PostgreSQL does not fold, so ``acme_eu`` is the same
   string in the desired state, in a grant and in an agent's SQL. Generated SQL
-  quotes it all the same (``quote_pg``/``quote_mariadb``), so keywords are safe.
+  quotes it all the same (``provision.render``; ``quote_pg``/``quote_mariadb``
+  here), so a tenant named like a keyword is still a name.
 - No character of the grammar means anything in an OpenBao path or ACL glob
   (``/``, ``*``, ``+``, ``..``), a URI (no percent-encoding) or YAML.
 
@@ -46,8 +47,8 @@ PostgreSQL's 63 bytes (``NAMEDATALEN - 1``; a longer identifier is truncated
 with only a NOTICE, so two long names could meet) and MariaDB's 64. Database
 *users* are named by OpenBao's ``username_template``, not by this grammar; its
 defaults truncate to 63 (PostgreSQL) and 32 (the mysql plugin, MySQL's own
-bound), and a custom template must as well: ``check_db_user`` checks a
-generated name before anything quotes it into a statement.
+bound), and a custom template must as well; ``check_db_user`` is the check for
+code that quotes a generated name into a statement.
 
 Reserved schemas: ``check_schema`` refuses ``public``, ``pg_*``,
 ``information_schema``, ``mysql``, ``performance_schema`` and ``sys``. A tenant

@@ -152,7 +152,8 @@ def pg() -> Iterator[PGEnv]:
         )
         su.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(ident(env.admin)))
         su.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident(env.db), ident(env.admin)))
-        su.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident(env.db)))
+        # PUBLIC keeps TEMP here: the revocation must hold without that hardening.
+        su.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(ident(env.db)))
         # A database the admin never connects to, left with PostgreSQL's default
         # PUBLIC CONNECT: what operations.md says to revoke.
         su.execute(sql.SQL("CREATE DATABASE {}").format(ident(env.other_db)))
@@ -297,9 +298,8 @@ def _grant_to_public_without_grant_option(
     env: PGEnv, c: PGConn, name: str, pw: str
 ) -> list[PGConn]:
     c.execute(f"GRANT SELECT ON {SCHEMA}.items TO PUBLIC")  # a WARNING, grants nothing
-    with _pg(dbname=env.db) as su:
-        acl = su.execute(f"SELECT relacl::text FROM pg_class WHERE oid = '{SCHEMA}.items'::regclass")
-        assert "=r/" not in str(acl.fetchone())  # no PUBLIC entry
+    row = c.execute(f"SELECT has_table_privilege('public', '{SCHEMA}.items', 'SELECT')")
+    assert row.fetchone() == (False,)
     return []
 
 
@@ -308,11 +308,6 @@ def _every_allowed_connection_left_open(env: PGEnv, c: PGConn, name: str, pw: st
     with pytest.raises(psycopg.OperationalError, match="too many connections for role"):
         env.login(name, pw).close()
     return extra
-
-
-def _advisory_lock_held(env: PGEnv, c: PGConn, name: str, pw: str) -> list[PGConn]:
-    c.execute("SELECT pg_advisory_lock(hashtext(current_user))")
-    return []
 
 
 def _password_set_by_the_agent(env: PGEnv, c: PGConn, name: str, pw: str) -> list[PGConn]:
@@ -330,7 +325,6 @@ PG_TRICKS: dict[str, PGTrick] = {
     "role_settings_for_itself": _role_settings,
     "grant_to_public_without_grant_option": _grant_to_public_without_grant_option,
     "every_allowed_connection_left_open": _every_allowed_connection_left_open,
-    "advisory_lock_held": _advisory_lock_held,
     "password_set_by_the_agent": _password_set_by_the_agent,
 }
 
@@ -358,16 +352,16 @@ def test_pg_large_object_granted_to_public_does_not_outlive_the_session(pg: PGEn
     with the role (DROP OWNED, not REASSIGN OWNED to the admin)."""
     name, pw = pg.create_user()
     other, other_pw = pg.create_user()
-    with pg.login(name, pw) as c:
+    with contextlib.closing(pg.login(name, pw)) as c:
         row = c.execute("SELECT lo_from_bytea(0, 'for tenant B')").fetchone()
         assert row is not None
         lo = int(row[0])
         c.execute(f"GRANT SELECT ON LARGE OBJECT {lo} TO PUBLIC")
-    with pg.login(other, other_pw) as b:
+    with contextlib.closing(pg.login(other, other_pw)) as b:
         assert b.execute("SELECT lo_get(%s)", [lo]).fetchone() == (b"for tenant B",)
-    pg.revoke(name)
-    with pg.login(other, other_pw) as b, pytest.raises(psycopg.errors.UndefinedObject):
-        b.execute("SELECT lo_get(%s)", [lo])
+        pg.revoke(name)
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            b.execute("SELECT lo_get(%s)", [lo])
     pg.revoke(other)
 
 
@@ -406,14 +400,15 @@ def test_pg_query_in_flight_is_cut_off(pg: PGEnv) -> None:
         c.close()
 
 
-def test_pg_advisory_lock_is_released(pg: PGEnv) -> None:
+def test_pg_advisory_lock_held_is_released(pg: PGEnv) -> None:
     name, pw = pg.create_user()
-    with pg.login(name, pw) as c:
-        c.execute("SELECT pg_advisory_lock(4242, %s)", [_oid(name)])
+    key = _oid(name)
+    with contextlib.closing(pg.login(name, pw)) as c:
+        c.execute("SELECT pg_advisory_lock(4242, %s)", [key])
         pg.revoke(name)
+        assert_dead(c)
     with pg.admin_conn() as a:
-        row = a.execute("SELECT pg_try_advisory_lock(4242, %s)", [0]).fetchone()
-        assert row == (True,)
+        assert a.execute("SELECT pg_try_advisory_lock(4242, %s)", [key]).fetchone() == (True,)
 
 
 ESCALATIONS = {
@@ -437,7 +432,7 @@ ESCALATIONS = {
 @pytest.mark.parametrize("statement", ESCALATIONS.values(), ids=ESCALATIONS.keys())
 def test_pg_session_user_cannot(pg: PGEnv, statement: str) -> None:
     name, pw = pg.create_user()
-    with pg.login(name, pw) as c, pytest.raises(psycopg.errors.Error):
+    with contextlib.closing(pg.login(name, pw)) as c, pytest.raises(psycopg.errors.Error):
         c.execute(statement.format(admin=pg.admin, name=name))
     pg.revoke(name)
 
@@ -450,7 +445,7 @@ def test_pg_prepared_transactions_are_disabled(pg: PGEnv) -> None:
     if setting != ("0",):
         pytest.skip("this server enables prepared transactions; operations.md says not to")
     name, pw = pg.create_user()
-    with pg.login(name, pw) as c:
+    with contextlib.closing(pg.login(name, pw)) as c:
         c.execute("BEGIN")
         c.execute("SELECT lo_create(0)")
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
@@ -468,7 +463,7 @@ def test_pg_creation_bounds_the_role(pg: PGEnv) -> None:
             [name],
         ).fetchone()
     assert row == (True, False, False, False, False, False, False, 8, True)
-    with pg.login(name, pw) as c:
+    with contextlib.closing(pg.login(name, pw)) as c:
         # The search path is the tenant's schema; the other tenant's is refused.
         assert c.execute("SELECT v FROM items").fetchall() == [(SCHEMA,)]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -518,8 +513,8 @@ def test_pg_object_in_another_database_fails_the_revocation_but_not_the_lockout(
                 "SELECT count(*) FROM pg_stat_activity WHERE usesysid = %s", [oid]
             ).fetchone() == (0,)
             left = su.execute(
-                "SELECT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid"
-                " WHERE s.refobjid = %s",
+                "SELECT coalesce(d.datname, '<shared>') FROM pg_shdepend s"
+                " LEFT JOIN pg_database d ON d.oid = s.dbid WHERE s.refobjid = %s",
                 [oid],
             ).fetchall()
             assert left and {r[0] for r in left} == {pg.other_db}
@@ -605,14 +600,14 @@ def run_like_mysql_plugin(
                 for piece in mysql_plugin_pieces(element):
                     query = fill(piece, values)
                     if not prepare:
-                        cur.execute(query.replace("%", "%%"))
+                        cur.execute(query)  # no args: pymysql sends it verbatim
                         continue
                     try:
                         cur.execute("PREPARE clawql_test FROM %s", [query])
                     except pymysql.MySQLError as exc:
                         if exc.args[0] != 1295:
                             raise
-                        cur.execute(query.replace("%", "%%"))
+                        cur.execute(query)
                         continue
                     cur.execute("EXECUTE clawql_test")
                     cur.execute("DEALLOCATE PREPARE clawql_test")
@@ -631,7 +626,7 @@ class MariaEnv:
     admin_password: str
     users: list[str] = field(default_factory=list)
 
-    def statements(self, **kw: Any) -> statements.EngineStatements:
+    def stmts(self, **kw: Any) -> statements.EngineStatements:
         kw.setdefault("hosts", (HOST,))  # the gateway's address, here loopback
         kw.setdefault("max_user_connections", 4)
         return statements.mariadb(self.db, ("SELECT", "INSERT", "UPDATE"), **kw)
@@ -642,14 +637,14 @@ class MariaEnv:
         self.users.append(name)
         with contextlib.closing(_maria(self.admin, self.admin_password)) as a:
             values = {"name": name, "password": password, "expiration": _expiration()}
-            run_like_mysql_plugin(a, self.statements(**kw).creation, values, prepare=True)
+            run_like_mysql_plugin(a, self.stmts(**kw).creation, values, prepare=True)
         return name, password
 
     def revoke(self, name: str, *, as_admin: tuple[str, str] | None = None, **kw: Any) -> None:
         user, password = as_admin or (self.admin, self.admin_password)
         with contextlib.closing(_maria(user, password)) as a:
             values = {"name": name, "username": name}
-            run_like_mysql_plugin(a, self.statements(**kw).revocation, values, prepare=False)
+            run_like_mysql_plugin(a, self.stmts(**kw).revocation, values, prepare=False)
 
     def login(self, name: str, password: str) -> MariaConn:
         return _maria(name, password, database=self.db)
@@ -709,7 +704,9 @@ def maria() -> Iterator[MariaEnv]:
 
 def _maria_threads(name: str) -> int:
     with contextlib.closing(_maria()) as root:
-        rows = _fetch(root, "SELECT count(*) FROM information_schema.PROCESSLIST WHERE USER = %s", [name])
+        rows = _fetch(
+            root, "SELECT count(*) FROM information_schema.PROCESSLIST WHERE USER = %s", [name]
+        )
     return int(rows[0][0])
 
 
@@ -751,7 +748,7 @@ def _maria_every_allowed_connection_left_open(
     extra = [env.login(name, pw) for _ in range(3)]  # MAX_USER_CONNECTIONS 4, with ``c``
     with pytest.raises(pymysql.MySQLError) as refused:
         env.login(name, pw).close()
-    assert refused.value.args[0] == 1226  # max_user_connections
+    assert refused.value.args[0] in {1203, 1226}  # MAX_USER_CONNECTIONS reached
     return extra
 
 
@@ -827,13 +824,15 @@ def test_maria_query_in_flight_with_its_timeout_lifted_is_cut_off(maria: MariaEn
         with contextlib.closing(_maria()) as root:
             _wait_until(
                 "the agent's query is running",
-                lambda: _fetch(
-                    root,
-                    "SELECT count(*) FROM information_schema.PROCESSLIST"
-                    " WHERE USER = %s AND INFO LIKE %s",
-                    [name, "%SLEEP(3600)%"],
-                )
-                == ((1,),),
+                lambda: (
+                    _fetch(
+                        root,
+                        "SELECT count(*) FROM information_schema.PROCESSLIST"
+                        " WHERE USER = %s AND INFO LIKE %s",
+                        [name, "%SLEEP(3600)%"],
+                    )
+                    == ((1,),)
+                ),
             )
         maria.revoke(name)
         t.join(WAIT)
@@ -877,7 +876,6 @@ MARIA_ESCALATIONS = {
     "create_event": "CREATE EVENT pinned ON SCHEDULE EVERY 1 DAY DO SELECT 1",
     "read_other_database": "SELECT * FROM `{other}`.items",
     "read_password_hashes": "SELECT * FROM mysql.global_priv",
-    "kill_other_users": "KILL USER 'root'",
 }
 
 
@@ -926,8 +924,11 @@ def test_maria_xa_prepared_transaction_survives_the_user(maria: MariaEnv) -> Non
             recovered = {bytes(r[3]) for r in _fetch(root, "XA RECOVER")}
             assert xid.encode() in recovered
     finally:
-        with contextlib.closing(_maria()) as root, contextlib.suppress(pymysql.MySQLError):
-            _fetch(root, f"XA ROLLBACK '{xid}'")
+        with contextlib.closing(_maria()) as root:
+            with contextlib.suppress(pymysql.MySQLError):  # 1402 XA_RBROLLBACK: rolled back
+                _fetch(root, f"XA ROLLBACK '{xid}'")
+            # Left prepared, it would hold the table's locks and hang DROP DATABASE.
+            assert xid.encode() not in {bytes(r[3]) for r in _fetch(root, "XA RECOVER")}
 
 
 def test_maria_revoking_a_missing_user_succeeds(maria: MariaEnv) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
 
@@ -36,10 +37,8 @@ def _parse_arbitrary_string_slice(text: str, sep: str) -> list[str]:
     text = text.strip()
     if not text:
         return []
-    try:
+    with contextlib.suppress(binascii.Error, UnicodeDecodeError):
         text = base64.b64decode(text, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        pass
     try:
         parsed = json.loads(text)
     except ValueError:

@@ -1,31 +1,36 @@
 """Finding a credential the destination sends back, in the forms it takes on the way.
 
 A destination can reflect what the gateway sent it (an echo service, an error
-page that quotes the request, a debug endpoint) and can re-encode it on the way:
-URL- or JSON-escape it, base64 it inside a longer value, hex-dump it, change its
-case. The gateway redacts every form below from the whole (bounded) answer before
-the agent sees it. For each secret (bytes), matched ASCII-case-insensitively
-(a superset of each exact form: more is redacted, never less):
+page that quotes the request, a debug endpoint) and can re-encode it on the way.
+Before the agent sees an answer, the gateway redacts from the whole of it (bounded)
+every form below of each secret, ASCII-case-insensitively (a superset of each exact
+form: more is redacted, never less):
 
-- text, character by character, any mix of: the character itself; ``%HH`` and
-  ``%25HH`` (URL-encoding, also double); ``+`` for a space; JSON ``\\u00HH`` and
-  ``\\/ \\" \\\\``; HTML ``&#NN;``, ``&#xHH;`` and the five named entities; a NUL
-  between characters (UTF-16, either byte order);
-- hex of the bytes: any case, ``\\x`` or ``0x`` per byte, spaces, ``: , . -`` or
-  escaped line breaks between bytes;
-- base64 and base64url of the bytes at each of the three alignments the secret can
-  have inside a longer base64 stream (offset 0, 1, 2 mod 3), line breaks allowed
-  between characters, ``+ / =`` also URL-escaped and ``/`` JSON-escaped. The
-  characters next to a base64 match, which mix secret bits with neighbouring ones,
-  are redacted with it;
-- a private key: its PEM base64 body, in 64-character pieces (as above, alignment 0).
+- raw, and UTF-16 (either byte order);
+- text escapes, up to two layers deep and in any mix: URL ``%HH`` (so also
+  ``%25HH``) and ``+`` for a space, JSON ``\\u00HH`` ``\\/`` ``\\"`` ``\\\\``, HTML
+  ``&#NN;`` ``&#xHH;`` and the five named entities;
+- hex of the bytes, with ``\\x`` or ``0x`` per byte and short runs of spaces,
+  ``: , . -`` or escaped line breaks between bytes;
+- base64 and base64url at each of the three alignments the secret can have inside
+  a longer base64 stream (offset 0, 1, 2 mod 3), with short runs of line breaks,
+  ``+ / =`` URL-escaped and ``/`` JSON-escaped. The characters next to a base64
+  match, which mix secret bits with neighbouring ones, go with it;
+- a private key: its PEM base64 body, in 64-character pieces (as base64 above).
+
+How: each family has a *view* of the answer (lower-cased, escapes decoded, gaps
+removed) made by a few regular-expression passes, and the secret's form in that
+family is looked up in it with ``bytes.find``. Only when something is found are the
+passes replayed to map the hit back to the answer's own offsets. Nothing is
+compiled per secret, so a call pays no set-up, and an answer without a hit costs a
+handful of C-speed passes.
 
 Only whole forms are matched. Redacting partial matches (a prefix of the secret)
-would turn the redaction into an oracle: an agent that can make the destination
-echo its own guesses would learn, character by character, how far each guess
-matches. What remains (a destination that truncates, splits, hashes, encrypts or
-re-encodes the secret some other way) is the residual the destination allow-list
-controls; see the threat model.
+would turn redaction into an oracle: an agent that can make the destination echo
+its own guesses would learn, character by character, how far each guess matches.
+What remains (a destination that truncates, splits, hashes, encrypts or encodes the
+secret some other way) is the residual the destination allow-list controls; see
+the threat model.
 
 Pure: bytes in, bytes out.
 """
@@ -35,81 +40,146 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 REDACTED = b"[redacted]"
 MIN_SECRET_BYTES = 8
 """Shorter values cannot be redacted without redacting ordinary text too."""
 
-# Between two characters of a base64 or hex form: line breaks and spaces (also as
-# JSON escapes); bounded so that a match has a known maximum length.
-_GAP = rb"(?:\s|\\[nrt]){0,4}+"
-_HEX_GAP = rb"(?:[\s:,.\-]|\\[nrt]){0,4}+"
-_GAP_MAX = 8
-_NUL_GAP = rb"\x00?+"
+_GAP_RUN = 16  # longest run of separators removed between two characters of a form
+_ESCAPE_MAX = 9  # longest text escape of one character (``&#x00041;``)
+_WIDEN = 3  # base64 characters next to a match that still carry secret bits
 _B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_")
 _B64_PAD = (b"=", b"%3d", b"%3D")
-_WIDEN = 3  # base64 characters next to a match that still carry secret bits
-_NAMED = {
-    ord("&"): b"&amp;",
-    ord("<"): b"&lt;",
-    ord(">"): b"&gt;",
-    ord('"'): b"&quot;",
-    ord("'"): b"&apos;",
-}
 _PEM_KEY_RE = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]{0,40})PRIVATE KEY-----(.{1,65536}?)-----END \1PRIVATE KEY-----",
     re.DOTALL,
 )
 
 
-def _text_char(b: int) -> bytes:
-    """Every way one character of a text form may be written (at most 9 bytes)."""
-    hh = b"%02x" % b
-    alts = [
-        re.escape(bytes([b])),
-        rb"%(?:25)?" + hh,
-        rb"\\u00" + hh,
-        rb"&#0{0,3}" + str(b).encode() + b";",
-        rb"&#x0{0,3}" + hh + b";",
-    ]
-    if b == 0x20:
-        alts.append(rb"\+")
-    if b in b'"\\/':
-        alts.append(rb"\\" + re.escape(bytes([b])))
-    if b in _NAMED:
-        alts.append(re.escape(_NAMED[b]))
-    return b"(?:" + b"|".join(alts) + b")"
+# -- views: passes over lower-cased bytes, each replayable to map offsets back ------------
+Repl = bytes | Callable[["re.Match[bytes]"], bytes]
 
 
-def _text_form(secret: bytes) -> tuple[bytes, int]:
-    return _NUL_GAP.join(_text_char(b) for b in secret), len(secret) * 10
+@dataclass(frozen=True)
+class _Pass:
+    pattern: re.Pattern[bytes]
+    repl: Repl
+
+    def apply(self, data: bytes) -> bytes:
+        return self.pattern.sub(self.repl, data)
+
+    def edits(self, data: bytes) -> list[tuple[int, int, int]]:
+        """``(start, end, replacement length)`` of each replaced piece of ``data``."""
+        out = []
+        for m in self.pattern.finditer(data):
+            n = len(self.repl) if isinstance(self.repl, bytes) else len(self.repl(m))
+            out.append((m.start(), m.end(), n))
+        return out
 
 
-def _hex_form(secret: bytes) -> tuple[bytes, int]:
-    parts = [rb"(?:\\x|0x)?+" + (b"%02x" % b) for b in secret]
-    return _HEX_GAP.join(parts), len(secret) * (4 + _GAP_MAX)
+_NAMED = {b"amp": b"&", b"lt": b"<", b"gt": b">", b"quot": b'"', b"apos": b"'"}
 
 
-def _b64_char(c: int) -> bytes:
-    if c == ord("+"):
-        return rb"(?:\+|-|%2B)"
-    if c == ord("/"):
-        return rb"(?:/|_|%2F|\\/)"
-    return re.escape(bytes([c]))
+def _unescape(m: re.Match[bytes]) -> bytes:
+    url, json_u, json_c, dec, hx, named = m.groups()
+    if url or json_u or hx:
+        return bytes([int(url or json_u or hx, 16)]).lower()
+    if json_c:
+        return json_c
+    if dec:
+        value = int(dec)
+        return bytes([value]).lower() if value < 256 else m.group(0)
+    return _NAMED[named]
 
 
-def _b64_form(core: bytes) -> tuple[bytes, int]:
-    return _GAP.join(_b64_char(c) for c in core), len(core) * (3 + _GAP_MAX)
+# One layer of text escapes, on lower-cased bytes (so hex digits are lower case).
+_TEXT = _Pass(
+    re.compile(
+        rb"%([0-9a-f]{2})"
+        rb"|\\u00([0-9a-f]{2})"
+        rb"|\\([/\"\\])"
+        rb"|&#0{0,3}([0-9]{1,3});"
+        rb"|&#x0{0,3}([0-9a-f]{1,2});"
+        rb"|&(amp|lt|gt|quot|apos);"
+    ),
+    _unescape,
+)
 
 
+def _gap(chars: bytes) -> re.Pattern[bytes]:
+    """A run of 1 to ``_GAP_RUN`` separators (``chars``, or an escaped line break or
+    tab) that is not part of a longer run."""
+    unit = rb"(?:[" + chars + rb"]|\\[nrt])"
+    return re.compile(
+        rb"(?<![" + chars + rb"])(?<!\\[nrt])" + unit + b"{1,%d}(?!" % _GAP_RUN + unit + b")"
+    )
+
+
+_HEX_PASSES = (
+    _Pass(re.compile(rb"\\x(?=[0-9a-f]{2})|0x(?=[0-9a-f]{2})"), b""),
+    _Pass(_gap(rb"\s:,.\-"), b""),
+)
+_B64_ESCAPES = {b"%2b": b"+", b"%2f": b"/", b"%3d": b"=", b"\\/": b"/"}
+_B64_PASSES = (
+    _Pass(_gap(rb"\s"), b""),
+    _Pass(re.compile(rb"%2b|%2f|%3d|\\/"), lambda m: _B64_ESCAPES[m.group(0)]),
+)
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+class _View:
+    """``source`` through ``passes``; ``source_span`` maps a hit back to ``source``."""
+
+    def __init__(self, source: bytes, passes: Iterable[_Pass]) -> None:
+        self.passes = tuple(passes)
+        self.layers = [source]
+        for p in self.passes:
+            self.layers.append(p.apply(self.layers[-1]))
+        self.text = self.layers[-1]
+        self._maps: list[_BackMap] | None = None
+
+    def source_span(self, start: int, end: int) -> tuple[int, int]:
+        if self._maps is None:
+            self._maps = [_BackMap(p.edits(src)) for p, src in zip(self.passes, self.layers)]
+        for back in reversed(self._maps):
+            start, end = back.char(start)[0], back.char(end - 1)[1]
+        return start, end
+
+
+class _BackMap:
+    def __init__(self, edits: list[tuple[int, int, int]]) -> None:
+        self.edits = edits
+        self.outs: list[int] = []
+        out = prev = 0
+        for start, end, n in edits:
+            out += start - prev
+            self.outs.append(out)
+            out += n
+            prev = end
+
+    def char(self, o: int) -> tuple[int, int]:
+        """The source bytes ``[start, end)`` that output byte ``o`` came from."""
+        i = bisect_right(self.outs, o) - 1
+        if i < 0:
+            return o, o + 1
+        start, end, n = self.edits[i]
+        if o < self.outs[i] + n:
+            return start, end
+        src = end + (o - self.outs[i] - n)
+        return src, src + 1
+
+
+# -- the secret's forms --------------------------------------------------------------------
 def b64_cores(secret: bytes) -> list[bytes]:
     """The base64 characters that depend on ``secret`` alone, for each alignment.
 
     Inside a longer stream the secret starts at offset 0, 1 or 2 of a 3-byte group.
-    Encoding ``a`` filler bytes plus the secret, the first characters also depend on
-    the filler (none, 2 or 3 of them) and a trailing partial group keeps only the
-    characters made of secret bits (1 of 2, or 2 of 3).
+    Encoding ``align`` filler bytes plus the secret, the first characters also depend
+    on the filler (none, 2 or 3 of them) and a trailing partial group keeps only the
+    characters made of secret bits alone (1 of 2, or 2 of 3).
     """
     cores = []
     for align in range(3):
@@ -136,69 +206,84 @@ def pem_key_pieces(pem: bytes) -> list[bytes]:
     return pieces
 
 
+def _find_all(haystack: bytes, needle: bytes) -> Iterable[int]:
+    i = haystack.find(needle)
+    while i >= 0:
+        yield i
+        i = haystack.find(needle, i + 1)
+
+
 class Redactor:
     """Redacts every listed form of some secrets from bytes.
 
-    ``max_match`` bounds the length of one match: a caller that cuts an answer at
-    ``limit`` reads ``limit + max_match`` bytes first, so that a secret straddling the
-    cut is still whole when it is looked for.
+    ``max_match`` bounds the length of one match in the answer: a caller that cuts an
+    answer at ``limit`` reads ``limit + max_match`` bytes first, so that a secret
+    straddling the cut is still whole when it is looked for.
     """
 
     def __init__(self, secrets: Iterable[bytes], *, private_keys: Iterable[bytes] = ()) -> None:
-        text: list[bytes] = []
-        b64: list[bytes] = []
+        text: set[bytes] = set()
+        utf16: set[bytes] = set()
+        hexes: set[bytes] = set()
+        b64: set[bytes] = set()
         longest = 0
-        for s in {bytes(x) for x in secrets}:
+        for s in secrets:
             if len(s) < MIN_SECRET_BYTES:
                 raise ValueError(f"a secret shorter than {MIN_SECRET_BYTES} bytes")
-            for pat, most in (_text_form(s), _hex_form(s)):
-                text.append(pat)
-                longest = max(longest, most)
-            for core in b64_cores(s):
-                pat, most = _b64_form(core)
-                b64.append(pat)
-                longest = max(longest, most + 2 * _WIDEN + 2 * 3)
+            low = s.lower()
+            text |= {low, low.replace(b" ", b"+")}
+            utf16 |= {low.decode("latin-1").encode(c) for c in ("utf-16-le", "utf-16-be")}
+            hexes.add(s.hex().encode())
+            b64 |= {c.lower().translate(_URLSAFE) for c in b64_cores(s)}
+            longest = max(longest, len(s) * max(_ESCAPE_MAX**2, 2 + 2 + 2 * _GAP_RUN))
         for pem in private_keys:
-            for piece in pem_key_pieces(pem):
-                pat, most = _b64_form(piece)
-                b64.append(pat)
-                longest = max(longest, most + 2 * _WIDEN + 2 * 3)
-        self.max_match = longest
-        groups = []
-        if text:
-            groups.append(b"(?P<t>" + b"|".join(text) + b")")
+            b64 |= {p.lower().translate(_URLSAFE) for p in pem_key_pieces(pem)}
         if b64:
-            groups.append(b"(?P<b>" + b"|".join(b64) + b")")
-        self._re = re.compile(b"|".join(groups), re.IGNORECASE) if groups else None
+            widest = max(len(c) for c in b64) * (3 + 2 * _GAP_RUN) + 2 * _WIDEN + 6
+            longest = max(longest, widest)
+        self._text = sorted(text)
+        self._utf16 = sorted(utf16)
+        self._hex = sorted(hexes)
+        self._b64 = sorted(b64)
+        self.max_match = longest
 
     def __bool__(self) -> bool:
-        return self._re is not None
+        return bool(self._text or self._b64)
 
     def spans(self, data: bytes) -> list[tuple[int, int]]:
-        """Sorted, merged ``[start, end)`` of every match, overlapping ones included."""
-        if self._re is None:
+        """Sorted, merged ``[start, end)`` of every match in ``data``."""
+        if not self:
             return []
         found: list[tuple[int, int]] = []
-        pos = 0
-        while (m := self._re.search(data, pos)) is not None:
-            start, end = m.span()
-            if m.lastgroup == "b":
-                start, end = _widen(data, start, end)
-            found.append((start, end))
-            pos = m.start() + 1
-        found.sort()
-        merged: list[tuple[int, int]] = []
-        for start, end in found:
-            if merged and start <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-            else:
-                merged.append((start, end))
-        return merged
+        low = data.lower()
+        # 1. raw and UTF-16: the lower-cased answer itself.
+        for needle in (*self._text, *self._utf16):
+            found += [(i, i + len(needle)) for i in _find_all(low, needle)]
+        # 2. text escapes, one then two layers deep (only if there are any).
+        view = _View(low, ())
+        for _ in range(2):
+            if not _TEXT.pattern.search(view.text):
+                break
+            view = _View(low, (*view.passes, _TEXT))
+            for needle in self._text:
+                found += [view.source_span(i, i + len(needle)) for i in _find_all(view.text, needle)]
+        # 3. hex.
+        if self._hex:
+            view = _View(low, _HEX_PASSES)
+            for needle in self._hex:
+                found += [view.source_span(i, i + len(needle)) for i in _find_all(view.text, needle)]
+        # 4. base64 and base64url, each alignment, and private key pieces.
+        view = _View(low, _B64_PASSES)
+        b64_text = view.text.translate(_URLSAFE)
+        for needle in self._b64:
+            for i in _find_all(b64_text, needle):
+                found.append(_widen(data, *view.source_span(i, i + len(needle))))
+        return _merge(found)
 
     def redact(self, data: bytes, limit: int | None = None) -> bytes:
         """``data`` with every match replaced, cut at ``limit`` bytes of ``data``.
 
-        The cut is made in ``data``'s coordinates after matching the whole of it, so a
+        The cut is made in ``data``'s offsets after matching the whole of it, so a
         match that crosses the cut is replaced whole and nothing after it is kept.
         """
         cut = len(data) if limit is None else min(limit, len(data))
@@ -215,7 +300,8 @@ class Redactor:
         return bytes(out)
 
     def redact_text(self, text: str) -> str:
-        if self._re is None:
+        """``text`` redacted as its UTF-8 bytes (unchanged, and not re-encoded, if clean)."""
+        if not self:
             return text
         data = text.encode("utf-8", "surrogatepass")
         if not self.spans(data):
@@ -241,3 +327,13 @@ def _widen(data: bytes, start: int, end: int) -> tuple[int, int]:
         else:
             break
     return start, end
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
