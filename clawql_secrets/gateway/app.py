@@ -348,9 +348,9 @@ def build_app(gw: Gateway, *, sweeper: bool = True) -> Starlette:
             if rec is None:
                 raise RequestRejected("unknown_session", "no such session", status=404)
             return rec.exp
+        claims = gw.verify_session(bearer)  # a bad bearer is 401 before any 403
         if admin_only:
             raise AccessDenied("not_admin", "this operation needs the admin identity")
-        claims = gw.verify_session(bearer)
         if claims.sid != sid:
             raise AccessDenied("other_session", "a session JWT may act on its own session only")
         return claims.exp

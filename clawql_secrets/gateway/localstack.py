@@ -15,6 +15,7 @@ import hashlib
 
 from clawql_secrets.cluster.layout import NODE_IDS, WORKLOAD_ISSUER_URL, StackSettings
 from clawql_secrets.gateway import exchange, session_issuer
+from clawql_secrets.gateway.anomaly import AnomalySettings, tenant_schemas_from_state
 from clawql_secrets.gateway.config import (
     DatabaseTarget,
     ExchangeSettings,
@@ -79,6 +80,8 @@ def stack_gateway_config(
             local_issuer_dir=s.issuer_dir, local_issuer_url=WORKLOAD_ISSUER_URL
         ),
         registry=RegistrySettings(prefix=f"clawql:gw:{tag}"),
+        # The out-of-scope rule knows the real tenants' schemas and databases.
+        anomaly=AnomalySettings(tenant_schemas=tenant_schemas_from_state(state)),
         databases=sql_targets(state),
         tools={
             "http.request": {

@@ -41,7 +41,7 @@ _RULES: dict[str, tuple[tuple[re.Pattern[str], ...], str]] = {
         (re.compile(TENANT_NAME_RE), AGENT_NAME_RE),
         "a tenant of clawql.yaml: lower-case letters and digits, at most 31, letter first",
     ),
-    "agent": ((AGENT_NAME_RE,), "lower-case letters, digits and '-', at most 63"),
+    "agent": ((AGENT_NAME_RE,), "lower-case letters, digits, '_' and '-', at most 63"),
     "secret name": (
         (SECRET_NAME_RE,),
         "a name from the role's `secrets:` list: [a-z][a-z0-9_-], at most 63",

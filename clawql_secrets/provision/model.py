@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from clawql_secrets import names
 from clawql_secrets.certs.config import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from clawql_secrets.names import NAME_RE as NAME_RE  # the one grammar, and why
 
@@ -317,6 +318,10 @@ def cross_check(s: DesiredState) -> list[tuple[str, str]]:
     owner: dict[str, str] = {}
     for i, t in enumerate(s.tenants):
         for schema in t.owned_schemas():
+            try:
+                names.check_schema(schema)
+            except ValueError as exc:  # a tenant named mysql or public: never
+                out.append((f"tenants.{i}.schemas" if t.schemas else f"tenants.{i}.name", str(exc)))
             if schema in owner and owner[schema] != t.name:
                 out.append(
                     (

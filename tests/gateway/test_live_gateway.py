@@ -77,7 +77,8 @@ class Env:
         return self.workload.mint(live.ADMIN_SUBJECT, live.ADMIN_AUDIENCE, ttl=120)
 
     def sql(self, base: str, jwt: str, text: str, *params: Any) -> Any:
-        return self.agent.call(base, jwt, "sql.query", {"sql": text, "params": list(params)})
+        args = {"database": PG, "sql": text, "params": list(params)}
+        return self.agent.call(base, jwt, "sql.query", args)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,10 @@ def test_tool_call_returns_sql_result_and_reuses_session_user(env: Env) -> None:
     assert (info["state"], info["lease_count"], info["tenant"]) == ("active", 2, "acme")
     # limits: rows, one statement only
     r = env.agent.call(
-        env.a.url, jwt, "sql.query", {"sql": "SELECT g FROM generate_series(1,50) g", "max_rows": 5}
+        env.a.url,
+        jwt,
+        "sql.query",
+        {"database": PG, "sql": "SELECT g FROM generate_series(1,50) g", "max_rows": 5},
     )
     assert r.json()["result"]["truncated"] is True and len(r.json()["result"]["rows"]) == 5
     r = env.sql(env.a.url, jwt, "SELECT 1; DROP TABLE acme.items")
@@ -323,7 +327,7 @@ def test_lease_bounded_to_session_dies_with_no_gateway(env: Env) -> None:
     jwt = env.jwt("acme", "orphan", ttl=8)
     exp = live.claims(jwt)["exp"]
     try:
-        out = gw.call_tool(jwt, "sql.query", {"sql": "SELECT current_user"})
+        out = gw.call_tool(jwt, "sql.query", {"database": PG, "sql": "SELECT current_user"})
         user = str(out["rows"][0][0])
         entries = gw.registry.leases(live.sid(jwt))
         (accessor,) = [e[len(ACCESSOR_PREFIX) :] for e in entries if e.startswith(ACCESSOR_PREFIX)]
@@ -426,7 +430,7 @@ def test_leader_kill_during_tool_calls(env: Env) -> None:
             while not stop.is_set() and time.monotonic() < deadline and len(log) < 400:
                 r = http.post(
                     f"{env.a.url}/v1/tools/sql.query",
-                    json={"sql": "SELECT 1"},
+                    json={"database": PG, "sql": "SELECT 1"},
                     headers={"Authorization": f"Bearer {steady}"},
                 )
                 env.agent.bodies.append(r.text)

@@ -41,7 +41,7 @@ def test_a_valid_ref_names_the_agents_kv_path() -> None:
         ("acme/globex", "bot", "tok", "value", "tenant"),
         ("..", "bot", "tok", "value", "tenant"),
         ("acme-x", "bot", "tok", "value", "tenant"),  # not a clawql.yaml tenant name
-        ("acme_x", "bot", "tok", "value", "tenant"),  # not a name a session JWT can carry
+        ("acme-x", "bot", "tok", "value", "tenant"),  # '-' joins composed names: not in a tenant
         ("a" * 32, "bot", "tok", "value", "tenant"),
         ("acme", "", "tok", "value", "agent"),
         ("acme", "..", "tok", "value", "agent"),

@@ -60,7 +60,7 @@ _PEM_KEY_RE = re.compile(
 
 
 # -- views: passes over lower-cased bytes, each replayable to map offsets back ------------
-Repl = bytes | Callable[["re.Match[bytes]"], bytes]
+Repl = bytes | Callable[[re.Match[bytes]], bytes]
 
 
 @dataclass(frozen=True)
