@@ -152,7 +152,10 @@ def _too_large(limit: int) -> RequestRejected:
 
 
 def _check_declared(declared: str | None, limit: int) -> None:
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    # ASCII digits only: str.isdigit() also says yes to '¹' or '٣', which int() refuses.
+    if declared is not None and (
+        not (declared.isascii() and declared.isdigit()) or int(declared) > limit
+    ):
         raise _too_large(limit)
 
 
@@ -187,6 +190,11 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every body (``json.loads`` with options builds one per call): strict
+# RFC 8259, so no NaN/Infinity, which the tools' JSON answers could not carry back.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def _deeper_than(value: Any, limit: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -204,7 +212,7 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
     if not raw:
         return {}
     try:
-        value = json.loads(raw, parse_constant=_no_constant)
+        value = _DECODER.decode(raw.decode())  # UTF-8 only (RFC 8259 §8.1)
     except (ValueError, RecursionError):
         raise RequestRejected("invalid_json", "the body is not JSON") from None
     # Nesting needs brackets: a body with fewer than the limit needs no walk.

@@ -90,30 +90,43 @@ def seed_databases(state: DesiredState, reset: set[str]) -> dict[str, str]:
 def _seed_postgres(
     host: str, port: int, database: str, admin: str, password: str | None, schemas: list[str]
 ) -> None:
+    """The engine admin as docs/operations.md asks a DBA to set it up: not a superuser,
+    ``CREATEROLE`` and ``pg_signal_backend`` (to create, terminate and drop session
+    users), owner of its database and of the tenant schemas and tables; no ``PUBLIC``
+    connection or temporary objects there; no large objects for session users."""
+    a = sql.Identifier(admin)
     # The machine's PostgreSQL trusts local logins (see README): `postgres` seeds.
     with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres",
                          autocommit=True, connect_timeout=5) as conn:  # fmt: skip
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (admin,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE ROLE {} SUPERUSER LOGIN").format(sql.Identifier(admin)))
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(sql.SQL(verb + " ROLE {} LOGIN CREATEROLE NOSUPERUSER").format(a))
+        conn.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(a))
         if password is not None:
-            conn.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(admin), sql.Literal(password)
-                )
-            )
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(a, sql.Literal(password)))
+        db = sql.Identifier(database)
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, a))
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, a))
+        conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(db))
     with psycopg.connect(host=host, port=port, user="postgres", dbname=database,
                          autocommit=True, connect_timeout=5) as conn:  # fmt: skip
+        conn.execute(
+            "REVOKE EXECUTE ON FUNCTION lo_create(oid), lo_creat(integer), "
+            "lo_from_bytea(oid, bytea) FROM PUBLIC"
+        )
         for schema in schemas:
             ident = sql.Identifier(schema)
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(ident, a)
+            )
+            conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(ident, a))
             conn.execute(
                 sql.SQL("CREATE TABLE IF NOT EXISTS {}.facts (k text PRIMARY KEY, v text)").format(
                     ident
                 )
             )
+            conn.execute(sql.SQL("ALTER TABLE {}.facts OWNER TO {}").format(ident, a))
             conn.execute(
                 sql.SQL("INSERT INTO {}.facts VALUES ('tenant', %s) ON CONFLICT DO NOTHING").format(
                     ident
@@ -125,13 +138,19 @@ def _seed_postgres(
 def _seed_mariadb(
     host: str, port: int, admin: str, password: str | None, schemas: list[str]
 ) -> None:
+    """The engine admin with what docs/operations.md lists, nothing more: create, lock,
+    kill and drop users, read ``mysql.user``'s names, everything on the tenant databases
+    (with grant option) — no ``ALL ON *.*``."""
     conn = pymysql.connect(host=host, port=port, user="root", autocommit=True, connect_timeout=5)
     with conn, conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM mysql.user WHERE user = %s AND host = '%%'", (admin,))
         row = cur.fetchone()
         if not row or not row[0]:
             cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (admin, secrets.token_urlsafe(24)))
-            cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO `{admin}`@'%' WITH GRANT OPTION")
+        else:  # an older stack's admin may hold ALL ON *.*: narrow it
+            cur.execute(f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM `{admin}`@'%'")
+        cur.execute(f"GRANT CREATE USER, CONNECTION ADMIN ON *.* TO `{admin}`@'%'")
+        cur.execute(f"GRANT SELECT (User, Host) ON mysql.user TO `{admin}`@'%'")
         if password is not None:
             cur.execute("ALTER USER %s@'%%' IDENTIFIED BY %s", (admin, password))
         # Names are validated by the model ([a-z][a-z0-9_]{0,30}): safe as identifiers.
@@ -141,6 +160,7 @@ def _seed_mariadb(
                 f"CREATE TABLE IF NOT EXISTS `{schema}`.facts (k VARCHAR(64) PRIMARY KEY, v TEXT)"
             )
             cur.execute(f"INSERT IGNORE INTO `{schema}`.facts VALUES ('tenant', %s)", (schema,))  # noqa: S608
+            cur.execute(f"GRANT ALL PRIVILEGES ON `{schema}`.* TO `{admin}`@'%' WITH GRANT OPTION")
 
 
 def provision_example(

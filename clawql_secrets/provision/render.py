@@ -13,6 +13,7 @@ placeholder stands in, and ``apply`` renders again once it does.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from typing import Any
 
 from clawql_secrets.cluster.kv import KV_MAX_VERSIONS
 from clawql_secrets.cluster.kv import KV_MOUNT as KV_MOUNT
-from clawql_secrets.provision.model import AgentRole, Database, DesiredState, Service
+from clawql_secrets.provision import statements
+from clawql_secrets.provision.model import AgentRole, Database, DbGrant, DesiredState, Service
 
 ACCESSOR_PLACEHOLDER = "<accessor-of-agents-mount>"
 DB_MOUNT = "database"
@@ -134,18 +136,31 @@ def pki_role_name(role: str, tenant: str) -> str:
 # Every identifier below comes from a validated name ([a-z][a-z0-9_]*), and is
 # still quoted; ``{{name}}``/``{{password}}``/``{{expiration}}`` are filled in
 # by OpenBao's database plugin.
-def _pg_statements(schema: str, privileges: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    from clawql_secrets.provision import statements
-
-    s = statements.postgresql(schema, privileges)
+def _db_statements(
+    state: DesiredState, db: Database, g: DbGrant, schema: str
+) -> tuple[list[str], list[str]]:
+    """Creation and revocation statements (``provision.statements``): connections only
+    to its own database on PostgreSQL; on MariaDB accounts only at the gateways'
+    addresses (``exchange.bound_cidrs``), every account found dropped at revocation."""
+    if db.engine == "postgresql":
+        s = statements.postgresql(schema, g.privileges, database=db.database)
+    else:
+        s = statements.mariadb(
+            schema, g.privileges, hosts=mariadb_hosts(state.exchange.bound_cidrs)
+        )
     return list(s.creation), list(s.revocation)
 
 
-def _maria_statements(schema: str, privileges: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    from clawql_secrets.provision import statements
-
-    s = statements.mariadb(schema, privileges)
-    return list(s.creation), list(s.revocation)
+def mariadb_hosts(cidrs: tuple[str, ...]) -> tuple[str, ...]:
+    """MariaDB account hosts for the gateways' CIDR blocks (``'%'`` when none is given)."""
+    out = []
+    for cidr in cidrs:
+        net = ipaddress.ip_network(cidr)
+        if net.prefixlen == net.max_prefixlen:
+            out.append(str(net.network_address))
+        else:  # MariaDB's host/netmask form
+            out.append(f"{net.network_address}/{net.netmask}")
+    return tuple(out) or ("%",)
 
 
 def connection_url(db: Database) -> str:
@@ -218,8 +233,7 @@ def render(state: DesiredState, accessor: str | None = None) -> list[Obj]:
             db = state.database(g.connection)
             for tenant in role.tenants:
                 schema = g.schema_for(tenant)
-                maker = _pg_statements if db.engine == "postgresql" else _maria_statements
-                create, revoke = maker(schema, g.privileges)
+                create, revoke = _db_statements(state, db, g, schema)
                 out.append(
                     _obj(
                         "db-role",

@@ -26,20 +26,27 @@ the list commits in the middle, ``COMMIT AND CHAIN`` (the plugin's final
 
 1. best effort, cannot fail: terminate the role's backends, waiting for them
    to exit (one left idle in a transaction could hold the row lock on its own
-   ``pg_authid`` entry, e.g. after ``ALTER ROLE CURRENT_USER PASSWORD``);
+   ``pg_authid`` entry, e.g. after ``ALTER ROLE CURRENT_USER PASSWORD``, and
+   make step 2 wait);
 2. ``NOLOGIN`` and ``PASSWORD NULL`` — committed: from here on nobody logs in
    as the role, whatever fails later (the password the agent may have set for
    itself is gone too);
 3. terminate again, authoritatively: a backend that slipped in before the
-   commit, or one that does not exit, fails the revocation;
+   commit, or one that does not exit (or may not be signalled), fails the
+   revocation;
 4. ``DROP OWNED BY`` (after making the engine's admin a member, which
    PostgreSQL requires of a non-superuser): drops what the role owns here
    (large objects, default privileges) and revokes every privilege it holds
    here or on shared objects — committed;
-5. ``DROP ROLE``: fails, so the lease stays and the gateway reports
-   ``revocation_pending``, if the role still owns or holds anything in another
-   database. A retry runs the whole list again; every step is idempotent, and
-   a role that is already gone is a success.
+5. terminate once more (a backend that authenticated just before step 2 and
+   registered late), then ``DROP ROLE``: it fails, so the lease stays and the
+   gateway reports ``revocation_pending``, if the role still owns or holds
+   anything in another database. A retry runs the whole list again; every
+   step is idempotent, and a role that is already gone is a success.
+
+Each termination needs a transaction of its own anyway: ``pg_stat_activity``
+is read once per transaction, so a second look in the same one would still
+list the backends the first one ended.
 
 ``REASSIGN OWNED`` is deliberately not used: nothing a session user may own is
 worth keeping, and handing its large objects to the admin would keep the
@@ -147,11 +154,16 @@ def _pg_terminate(wait_ms: int, *, best_effort: bool) -> str:
             f"{wait_ms}) FROM pg_stat_activity WHERE usename = {_PG_USER_LITERAL}; "
             "EXCEPTION WHEN OTHERS THEN NULL; END $rev$;"
         )
+    # pg_stat_activity is a snapshot taken once per transaction: a backend that
+    # left on its own since is still listed, so look again before calling it stuck.
+    mine = f"usename = {_PG_USER_LITERAL}"
     return (
         # An int and the plugin's {{name}}: nothing else goes in.
         "DO $rev$ DECLARE p integer; BEGIN FOR p IN SELECT pid FROM pg_stat_activity "  # noqa: S608
-        f"WHERE usename = {_PG_USER_LITERAL} LOOP IF NOT pg_terminate_backend(p, {wait_ms}) "
-        "THEN RAISE EXCEPTION 'a backend of the role did not exit'; END IF; END LOOP; END $rev$;"
+        f"WHERE {mine} LOOP IF NOT pg_terminate_backend(p, {wait_ms}) THEN "
+        "PERFORM pg_stat_clear_snapshot(); IF EXISTS (SELECT FROM pg_stat_activity "
+        f"WHERE pid = p AND {mine}) THEN RAISE EXCEPTION 'a backend of the role did not exit'; "
+        "END IF; END IF; END LOOP; END $rev$;"
     )
 
 
@@ -211,8 +223,7 @@ def postgresql(
         _pg_terminate(wait, best_effort=False),
         _pg_if_role(f"GRANT {_PG_USER} TO CURRENT_USER; DROP OWNED BY {_PG_USER};"),
         "COMMIT AND CHAIN;",
-        # 5: a backend that authenticated just before step 2 and registered late;
-        # then the drop, which fails loudly if anything of the role remains elsewhere.
+        # 5: fails loudly if anything of the role remains elsewhere.
         lock,
         _pg_terminate(wait, best_effort=False),
         f"DROP ROLE IF EXISTS {_PG_USER};",

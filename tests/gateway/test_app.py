@@ -314,6 +314,19 @@ def test_nested_20000_deep_is_400_not_500(tmp_path: Path, case: str, body: bytes
     assert (r.status_code, _code(r)) == (400, "invalid_json"), case
 
 
+@pytest.mark.parametrize("declared", [b"12x", b"\xb9", b"-1", b" 12", b"99999999999"])
+def test_declared_length_must_be_ascii_digits_within_the_limit(
+    env: AppEnv, declared: bytes
+) -> None:
+    """Regression: ``'¹'.isdigit()`` is true and ``int('¹')`` raises: that was a 500."""
+    r = env.client.post(
+        "/v1/tools/sql.query",
+        content=b"{}",
+        headers={**env.auth(), "Content-Length": declared},  # type: ignore[dict-item]
+    )
+    assert (r.status_code, _code(r)) == (413, "body_too_large")
+
+
 def test_json_depth_bound() -> None:
     at_limit = b"[" * 64 + b"]" * 64
     assert parse_json(at_limit, 64) is not None
@@ -398,7 +411,8 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
         edge={"body_timeout": 0.2, "slot_wait": 0.0},
     )
     bao = mock_openbao(fake_exchange("s.fuzz-token", []))
-    gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools={"echo": EchoTool()})  # type: ignore[dict-item]
+    tools: dict[str, Any] = {"echo": EchoTool()}
+    gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=tools)
     app = build_app(gw, sweeper=False)
     tokens = [
         issuer.mint(
@@ -542,15 +556,16 @@ _JSONRPC = st.fixed_dictionaries(
         ),
     }
 ).map(lambda m: json.dumps(m).encode())
-_WELL_FORMED = st.sampled_from(
-    [
-        {"method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}}},
-        {"method": "tools/list"},
-        {"method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}},
-        {"method": "tools/call", "params": {"name": "echo", "arguments": {"text": 1}}},
-        {"method": "server/discover"},
-    ]
-).map(lambda m: json.dumps({"jsonrpc": "2.0", "id": 1, **m}).encode())
+_MESSAGES: list[dict[str, Any]] = [
+    {"method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}}},
+    {"method": "tools/list"},
+    {"method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}},
+    {"method": "tools/call", "params": {"name": "echo", "arguments": {"text": 1}}},
+    {"method": "server/discover"},
+]
+_WELL_FORMED = st.sampled_from(_MESSAGES).map(
+    lambda m: json.dumps({"jsonrpc": "2.0", "id": 1, **m}).encode()
+)
 _BODIES = _mostly(_WELL_FORMED | _JSONRPC | st.just(b'{"text": "hi"}'), st.binary(max_size=300))
 _VERSIONS = st.lists(
     st.tuples(

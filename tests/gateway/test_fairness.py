@@ -345,8 +345,8 @@ def served(tmp_path: Path, **edge: Any) -> Iterator[Served]:
     )
     gate = Gate()
     bao = mock_openbao(fake_exchange("s.fairness", []))
-    tools = {"slow": SlowTool(gate), "echo": EchoTool()}
-    gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=tools)  # type: ignore[dict-item]
+    tools: dict[str, Any] = {"slow": SlowTool(gate), "echo": EchoTool()}
+    gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=tools)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     try:
         with (

@@ -156,7 +156,7 @@ def test_tool_call_returns_sql_result_and_reuses_session_user(env: Env) -> None:
     )
     assert r.json()["result"]["truncated"] is True and len(r.json()["result"]["rows"]) == 5
     r = env.sql(env.a.url, jwt, "SELECT 1; DROP TABLE acme.items")
-    assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_error")
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "sql_multiple_statements")
     r = env.sql(env.a.url, jwt, "SELECT pg_sleep(5)")
     assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_timeout")
 
@@ -191,31 +191,24 @@ def _row(env: Env, jwt: str, text: str) -> list[Any]:
     return list(r.json()["result"]["rows"][0])
 
 
-def test_sql_session_state_does_not_outlive_a_call(env: Env) -> None:
-    """A hostile SET is undone by the next call on the same connection, and a BEGIN
-    does not carry a transaction (or its locks) into the next call."""
+def test_sql_session_state_cannot_outlive_a_call(env: Env) -> None:
+    """A hostile SET (lifting the statement timeout) and a BEGIN (carrying a transaction,
+    and its locks, into the next call) are refused before they reach the database: the
+    shipped roles may read only. The connection is left as it was."""
     jwt = env.jwt("acme", "stateful")
     (pid,) = _row(env, jwt, "SELECT pg_backend_pid()")
-    assert env.sql(env.a.url, jwt, "SET statement_timeout = 0").status_code == 200
+    for text, code in (
+        ("SET statement_timeout = 0", "sql_session_refused"),
+        ("BEGIN", "sql_transaction_refused"),
+    ):
+        r = env.sql(env.a.url, jwt, text)
+        assert (r.status_code, r.json()["error"]["code"]) == (403, code), r.text
     assert _row(env, jwt, "SELECT pg_backend_pid(), current_setting('statement_timeout')") == [
         pid,
         "300ms",
     ]
     r = env.sql(env.a.url, jwt, "SELECT pg_sleep(5)")
     assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_timeout")
-    # BEGIN leaves the connection in a transaction: it is closed (rolled back), not reused.
-    (pid,) = _row(env, jwt, "SELECT pg_backend_pid()")
-    assert env.sql(env.a.url, jwt, "BEGIN").status_code == 200
-    # The next call is on a new connection, and the one left in a transaction is closed.
-    (pid2,) = _row(env, jwt, "SELECT pg_backend_pid()")
-    assert pid2 != pid
-    with live._superuser() as su:
-        live.wait_until(
-            lambda: (
-                not su.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
-            ),
-            timeout=5,
-        )
 
 
 def test_cross_tenant_refused(env: Env) -> None:
@@ -226,6 +219,10 @@ def test_cross_tenant_refused(env: Env) -> None:
     assert r.status_code == 200 and r.json()["result"]["rows"] == [[False]], r.text
     r = env.sql(env.a.url, jwt, "SELECT * FROM acme.items WHERE name LIKE %s", "globex%")
     assert r.status_code == 200 and r.json()["result"]["rows"] == [], r.text
+    # The table resolved from a string (no schema name for the anomaly rule to see):
+    # PostgreSQL itself refuses the schema.
+    r = env.sql(env.a.url, jwt, "SELECT 'globex.items'::regclass::text")
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "sql_permission_denied"), r.text
     # The exchange: reporter is globex's role only; OpenBao refuses an acme subject.
     r = env.sql(env.a.url, env.jwt("acme", "spy2", role="reporter"), "SELECT 1")
     assert (r.status_code, r.json()["error"]["code"]) == (403, "exchange_refused"), r.text
@@ -504,3 +501,21 @@ def test_zz_canaries_never_leak(env: Env) -> None:
     hits = env.canaries.found_in(registry, accessors=False)
     assert not hits, f"{len(hits)} credentials found in the Redis registry"
     assert "clawql_gateway_tool_calls_total" in haystacks["responses"]
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_tmp_loop(env: Env, i: int) -> None:
+    jwt = env.jwt("acme", f"loop{i}")
+    _user_of(env, env.a.url, jwt)
+    r = env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{live.sid(jwt)}", jwt)
+    if r.json()["leases_revoked"] != 2:
+        import json as _j
+
+        errs = []
+        for line in live.audit_text(env.settings).splitlines():
+            with contextlib.suppress(ValueError):
+                e = _j.loads(line)
+                if e.get("error") and e["type"] == "response":
+                    errs.append((e["time"], e["request"]["path"], e["error"], e["request"].get("remote_port")))
+        print("ERRS", errs[-10:])
+        raise AssertionError("failed")

@@ -108,8 +108,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
     token = "s." + secrets.token_urlsafe(24)
     logins: list[str] = []
     bao = mock_openbao(fake_exchange(token, logins))
-    tools = {"echo": EchoTool(), "crash": CrashTool(token)}
-    gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=tools)  # type: ignore[dict-item]
+    tools: dict[str, Any] = {"echo": EchoTool(), "crash": CrashTool(token)}
+    gw = Gateway(cfg, bao=bao, registry=MemoryRegistry(), tools=tools)
     yield Env(build_app(gw, sweeper=False), gw, issuer, token, logins)
     bao.close()
 
@@ -254,6 +254,7 @@ def test_sdk_client_without_bearer_cannot_initialize(env: Env) -> None:
     [
         ("declared_too_large", {"content": b" " * (LIMIT + 1)}, 413, "body_too_large"),
         ("declared_not_a_number", {"headers": {"Content-Length": "12x"}}, 413, "body_too_large"),
+        ("declared_superscript", {"headers": {"Content-Length": b"\xb9"}}, 413, "body_too_large"),
         ("streamed_too_large", {"chunks": [b" " * 1000] * 3}, 413, "body_too_large"),
     ],
 )

@@ -15,38 +15,120 @@ Two credentials can ride along, neither ever seen by the agent:
   role.
 
 Destinations are an allow-list per agent role (``https://host[:port]``,
-``*.suffix`` for subdomains); redirects are not followed. The response is cut
-at a byte limit, and every occurrence of the injected value (raw, as sent, or
-base64) in the response headers or body is replaced before it is returned.
+``*.suffix`` for subdomains); redirects are not followed; proxies and ``.netrc``
+from the environment are ignored.
+
+Validate first, touch secrets after: every argument (URL, headers, body,
+injection) is checked before the KV secret is read or a certificate issued, so
+bad input gets a 4xx and has no side effect.
+
+What the agent may set, and how the answer comes back (issue 13):
+
+- Never: the headers that frame the request or choose the answer's encoding
+  (``_TRANSPORT``: ``Host``, ``Content-Length``, ``Transfer-Encoding``, ``TE``,
+  ``Accept-Encoding``, ``Content-Encoding``, ``Connection``, ``Upgrade``, …). The
+  gateway asks for ``Accept-Encoding: identity``.
+- On a request that carries an injected secret: only the headers on an
+  allow-list (``SAFE_WITH_SECRET``, plus the role's ``agent_headers``). An
+  allow-list, because every header that asks for a part (``Range``,
+  ``If-Range``), a charset (``Accept-Charset``) or an encoding of the answer lets
+  a reflected secret come back in pieces or in a form redaction may not know,
+  and a deny-list would have to know every such header. Those three may not be
+  added to ``agent_headers`` either.
+- The answer: a ``gzip``/``deflate`` body is decoded here with its decoded size
+  bounded; any other content coding is refused (``502 http_bad_encoding``).
+  The whole bounded body and every response header are redacted
+  (``reflect.Redactor``: raw, URL/JSON/HTML-escaped, hex, base64 at every
+  alignment, case-insensitively; and the certificate's private key); the cut at
+  ``max_response_bytes`` is made after redaction, so a secret straddling it is
+  not half-kept. The reason phrase is not returned. A destination that
+  transforms the secret in some other way is the residual the allow-list
+  controls (threat model).
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 import ssl
+import string
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clawql_secrets.errors import ConfigError
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
 from clawql_secrets.gateway.tools import ToolContext, quiet_loggers, tool_settings
+from clawql_secrets.gateway.tools.content_coding import (
+    BoundedDecoder,
+    CorruptCoding,
+    UnsupportedCoding,
+    coding_of,
+)
+from clawql_secrets.gateway.tools.reflect import MIN_SECRET_BYTES, Redactor
 from clawql_secrets.tlsca import NoMemoryFiles, load_chain_from_memory
 
 NAME = "http.request"
 REDACTED = "[redacted]"
-_SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-# Headers the agent may not set: they belong to the transport or to injection.
-_RESERVED = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer"}
+ACCEPT_ENCODING = "identity"
+MAX_HEADER_VALUE = 8192
+_SECRET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_FIELD_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+# RFC 9110 token (bounded) and field-value, ASCII only (no obs-text): visible
+# characters, with spaces and tabs only between them; so no CR, LF or NUL.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+_FIELD_VALUE_RE = re.compile(r"(?:[!-~](?:[ \t]*[!-~])*)?")
+# RFC 3986 characters; anything else must be percent-encoded by the agent.
+_URL_CHARS = frozenset(string.ascii_letters + string.digits + "-._~:/?#[]@!$&'()*+,;=%")
+_BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+# Never from the agent: how the request is framed, and which encodings come back.
+_TRANSPORT = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "upgrade",
+        "expect",
+        "http2-settings",
+        "accept-encoding",
+        "content-encoding",
+    }
 )
+# Ask for a part, a charset or an encoding of the answer: never with a secret.
+_SHAPING = frozenset({"range", "if-range", "accept-charset"})
+SAFE_WITH_SECRET = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "content-type",
+        "content-language",
+        "user-agent",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "idempotency-key",
+        "x-request-id",
+    }
+)
+"""What an agent may set on a request that carries an injected secret (with the
+role's ``agent_headers``): none of them asks for a part or an encoding of the answer."""
 
 
 class _Strict(BaseModel):
@@ -59,14 +141,19 @@ class HTTPRolePolicy(_Strict):
     allow: list[str] = Field(min_length=1)
     client_cert: bool = False
     inject_headers: list[str] = []
+    # Headers the agent may set, beyond SAFE_WITH_SECRET, when a secret is injected.
+    agent_headers: list[str] = []
 
 
 class HTTPSettings(_Strict):
     roles: dict[str, HTTPRolePolicy] = {}
     ca_file: Path | None = None  # trust for destinations; the system store when unset
-    timeout: float = Field(default=10.0, gt=0, le=120)
+    timeout: float = Field(default=10.0, gt=0, le=120)  # connect, and each read
+    deadline: float = Field(default=30.0, gt=0, le=600)  # the whole answer
     max_response_bytes: int = Field(default=1_000_000, ge=1024, le=64_000_000)
     max_request_bytes: int = Field(default=1_000_000, ge=0, le=16_000_000)
+    max_headers: int = Field(default=32, ge=1, le=100)
+    max_header_bytes: int = Field(default=16_384, ge=256, le=65_536)
     pki_mount: str = "pki_int"
     pki_role_template: str = "{tenant}-{agent_role}"
     uri_san_template: str = "spiffe://clawql/tenant/{tenant}/agent/{agent}"
@@ -78,35 +165,116 @@ class HTTPSettings(_Strict):
 class Injection(_Strict):
     secret: str = Field(min_length=1, max_length=128)
     field: str = Field(default="value", min_length=1, max_length=128)
-    header: str = "Authorization"
+    header: str = Field(default="Authorization", min_length=1, max_length=64)
     format: str = Field(default="{value}", max_length=256)
 
 
 class HTTPArgs(_Strict):
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] = "GET"
     url: str = Field(min_length=8, max_length=4096)
-    headers: dict[str, str] = {}
-    body: str | None = None
+    headers: dict[str, str] = Field(default={}, max_length=100)
+    body: str | None = Field(default=None, max_length=16_000_000)
     client_cert: bool = False
     inject: Injection | None = None
 
+    @field_validator("body")
+    @classmethod
+    def _utf8(cls, body: str | None) -> str | None:
+        if body is not None and not body.isascii():
+            try:
+                body.encode()
+            except UnicodeEncodeError:
+                raise ValueError("the body must be text that UTF-8 can encode") from None
+        return body
 
-def _destination(url: str) -> tuple[str, int]:
+
+# -- pure checks ------------------------------------------------------------------------
+def _bad_url(why: str) -> RequestRejected:
+    return RequestRejected("bad_url", f"the URL is not accepted: {why}")
+
+
+@dataclass(frozen=True)
+class Destination:
+    host: str
+    port: int
+    url: httpx.URL
+
+
+def parse_url(url: str) -> Destination:
+    """The URL, parsed strictly, or ``bad_url``: RFC 3986 characters only (no spaces,
+    controls or non-ASCII), well-formed escapes, ``https``, a host name or IP literal,
+    no user info, and httpx must read the same host and port from it."""
+    # 1. Our own reading.
+    if not set(url) <= _URL_CHARS:
+        raise _bad_url("use RFC 3986 characters only, percent-encode the rest")
+    if _BAD_PERCENT_RE.search(url):
+        raise _bad_url("a '%' must start a %XX escape")
     try:
         parts = urlsplit(url)
-        port = parts.port or 443
+        port = 443 if parts.port is None else parts.port
     except ValueError:
-        raise RequestRejected("bad_url", "the URL cannot be parsed") from None
+        raise _bad_url("it cannot be parsed") from None
     if parts.scheme != "https":
-        raise RequestRejected("bad_url", "only https:// URLs are allowed")
-    if parts.username is not None or parts.password is not None or not parts.hostname:
-        raise RequestRejected("bad_url", "the URL must name a host and carry no user info")
-    return parts.hostname.lower().rstrip("."), port
+        raise _bad_url("only https:// URLs are allowed")
+    if "@" in parts.netloc or not parts.hostname or port == 0:
+        raise _bad_url("it must name a host (and a port, if any, above 0) and no user info")
+    rest = parts.path + parts.query + parts.fragment
+    if "[" in rest or "]" in rest:
+        raise _bad_url("'[' and ']' belong in an IPv6 host only")
+    bracketed = parts.netloc.startswith("[")
+    host = _host(parts.hostname, bracketed=bracketed)
+    # 2. httpx, which sends the request, must read the same destination.
+    try:
+        parsed = httpx.URL(url)
+        seen = _host(parsed.host, bracketed=bracketed)
+    except (httpx.InvalidURL, RequestRejected, ValueError):
+        raise _bad_url("it cannot be parsed") from None
+    if (parsed.scheme, seen, 443 if parsed.port is None else parsed.port) != ("https", host, port):
+        raise _bad_url("it is ambiguous")
+    return Destination(host, port, parsed.copy_with(fragment=None))
+
+
+def _host(name: str, *, bracketed: bool) -> str:
+    if bracketed:
+        try:
+            return str(ipaddress.IPv6Address(name))
+        except ValueError:
+            raise _bad_url("not an IPv6 address") from None
+    name = name.rstrip(".")
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL_RE.fullmatch(x) for x in labels):
+        raise _bad_url("not a host name")
+    # A numeric last label makes resolvers read an IPv4 address (127.1, 0x7f.1):
+    # only the dotted-quad form is taken.
+    last = labels[-1]
+    if last.isdigit() or last.startswith("0x"):
+        try:
+            return str(ipaddress.IPv4Address(name))
+        except ValueError:
+            raise _bad_url("write IPv4 addresses as four decimal numbers") from None
+    return name
+
+
+def _destination(url: str) -> tuple[str, int]:
+    d = parse_url(url)
+    return d.host, d.port
+
+
+def _pattern(pat: str) -> tuple[str, int]:
+    """An allow-list entry: ``https://host[:port]`` or ``[https://]*.suffix[:port]``."""
+    text = pat if "://" in pat else f"https://{pat}"
+    wild = text.startswith("https://*.")
+    if wild:
+        text = "https://" + text[len("https://*.") :]
+    host, port = _destination(text)
+    if urlsplit(text).path not in ("", "/"):
+        raise _bad_url("an allow-list entry names a host and port only")
+    return ("*." + host if wild else host), port
 
 
 def _allowed(host: str, port: int, patterns: list[str]) -> bool:
     for pat in patterns:
-        p_host, p_port = _destination(pat if "://" in pat else f"https://{pat}")
+        p_host, p_port = _pattern(pat)
         if p_port != port:
             continue
         if p_host.startswith("*."):
@@ -117,35 +285,119 @@ def _allowed(host: str, port: int, patterns: list[str]) -> bool:
     return False
 
 
+def field_value_ok(value: str) -> bool:
+    return len(value) <= MAX_HEADER_VALUE and _FIELD_VALUE_RE.fullmatch(value) is not None
+
+
+def check_headers(
+    headers: Mapping[str, str],
+    *,
+    secret_header: str | None,
+    allowed: frozenset[str],
+    max_count: int,
+    max_bytes: int,
+) -> dict[str, str]:
+    """The agent's headers, or ``bad_header``. With a secret injected into
+    ``secret_header``, only ``allowed`` (lower-case) names may be set."""
+    if len(headers) > max_count:
+        raise RequestRejected("bad_header", f"at most {max_count} headers may be set")
+    seen: set[str] = set()
+    total = 0
+    for name, value in headers.items():
+        if not _TOKEN_RE.fullmatch(name):
+            raise RequestRejected(
+                "bad_header", "header names are RFC 9110 tokens of at most 64 characters"
+            )
+        low = name.lower()
+        if low in seen:
+            raise RequestRejected("bad_header", f"header {name!r} is set twice")
+        seen.add(low)
+        if low in _TRANSPORT:
+            raise RequestRejected("bad_header", f"header {name!r} may not be set")
+        if secret_header is not None and low == secret_header.lower():
+            raise RequestRejected("bad_header", f"header {name!r} carries the injected secret")
+        if secret_header is not None and low not in allowed:
+            raise RequestRejected(
+                "bad_header",
+                f"header {name!r} may not be set on a request that carries a secret "
+                f"(allowed: {', '.join(sorted(allowed))})",
+            )
+        if not field_value_ok(value):
+            raise RequestRejected(
+                "bad_header",
+                f"header {name!r}: values are visible ASCII with spaces or tabs inside, "
+                f"at most {MAX_HEADER_VALUE} characters",
+            )
+        total += len(name) + len(value) + 4
+    if total > max_bytes:
+        raise RequestRejected("bad_header", f"the headers exceed {max_bytes} bytes")
+    return dict(headers)
+
+
+def _check_injection(inj: Injection, policy: HTTPRolePolicy) -> tuple[str, str]:
+    """``(prefix, suffix)`` around the value, or a 4xx."""
+    if not _SECRET_NAME_RE.fullmatch(inj.secret) or ".." in inj.secret:
+        raise RequestRejected("bad_secret_name", "secret names are [A-Za-z0-9_.-], no '/'")
+    if not _FIELD_NAME_RE.fullmatch(inj.field):
+        raise RequestRejected("bad_secret_name", "secret field names are [A-Za-z0-9_.-]")
+    allowed = {h.lower() for h in policy.inject_headers}
+    if inj.header.lower() not in allowed:
+        raise AccessDenied(
+            "inject_header_not_allowed", f"header {inj.header[:64]!r} may not carry a secret"
+        )
+    prefix, found, suffix = inj.format.partition("{value}")
+    if not found or "{value}" in suffix or not field_value_ok(f"{prefix}x{suffix}"):
+        raise RequestRejected(
+            "bad_inject_format",
+            "format must contain '{value}' once, in visible ASCII (spaces inside only)",
+        )
+    return prefix, suffix
+
+
+# -- the tool ---------------------------------------------------------------------------
 class HTTPRequestTool:
     name = NAME
     args_model = HTTPArgs
 
     def __init__(self, settings: HTTPSettings) -> None:
         self.settings = settings
+        self._with_secret: dict[str, frozenset[str]] = {}
         for role, pol in settings.roles.items():
+            where = f"tools.{NAME}.roles.{role}"
             for pat in pol.allow:
                 try:
-                    _destination(pat if "://" in pat else f"https://{pat}")
+                    _pattern(pat)
                 except RequestRejected:
                     raise ConfigError(
-                        f"tools.{NAME}.roles.{role}: destination {pat!r} is not https://host[:port]"
+                        f"{where}: destination {pat!r} is not https://host[:port]"
                     ) from None
+            inject = {h.lower() for h in pol.inject_headers}
             for h in pol.inject_headers:
-                if not _HEADER_RE.fullmatch(h) or h.lower() in _RESERVED:
-                    raise ConfigError(f"tools.{NAME}.roles.{role}: bad inject header {h!r}")
+                if not _TOKEN_RE.fullmatch(h) or h.lower() in _TRANSPORT | _SHAPING:
+                    raise ConfigError(f"{where}: bad inject header {h!r}")
+            for h in pol.agent_headers:
+                low = h.lower()
+                if not _TOKEN_RE.fullmatch(h) or low in _TRANSPORT | _SHAPING | inject:
+                    raise ConfigError(
+                        f"{where}: agent header {h!r} may not be set next to a secret",
+                        fix="agent_headers may not frame the request, ask for a part, a "
+                        "charset or an encoding of the answer, or carry a secret",
+                    )
+            agent = {h.lower() for h in pol.agent_headers}
+            self._with_secret[role] = frozenset((SAFE_WITH_SECRET | agent) - inject)
 
-    # -- the call --------------------------------------------------------------
+    # -- the call --------------------------------------------------------------------
     def run(self, ctx: ToolContext, args: HTTPArgs) -> dict[str, Any]:
         s = self.settings
         c = ctx.claims
         policy = s.roles.get(c.agent_role)
         if policy is None:
             raise AccessDenied("http_not_allowed", "this agent role may not make HTTP requests")
-        host, port = _destination(args.url)
-        if not _allowed(host, port, policy.allow):
+        # 1. Every argument, before anything is read or issued.
+        dest = parse_url(args.url)
+        if not _allowed(dest.host, dest.port, policy.allow):
             raise AccessDenied(
-                "destination_not_allowed", f"{host}:{port} is not an allowed destination"
+                "destination_not_allowed", f"{dest.host}:{dest.port} is not an allowed destination"
             )
         body = (args.body or "").encode()
         if len(body) > s.max_request_bytes:
@@ -154,44 +406,47 @@ class HTTPRequestTool:
                 f"the request body exceeds {s.max_request_bytes} bytes",
                 status=413,
             )
-        headers: dict[str, str] = {}
-        for k, v in args.headers.items():
-            if not _HEADER_RE.fullmatch(k) or k.lower() in _RESERVED or "\n" in v or "\r" in v:
-                raise RequestRejected("bad_header", f"header {k[:64]!r} may not be set")
-            headers[k] = v
-        if args.client_cert and not policy.client_cert:
-            raise AccessDenied("client_cert_not_allowed", "this agent role has no client cert")
+        inj = args.inject
+        headers = check_headers(
+            args.headers,
+            secret_header=inj.header if inj is not None else None,
+            allowed=self._with_secret.get(c.agent_role, SAFE_WITH_SECRET),
+            max_count=s.max_headers,
+            max_bytes=s.max_header_bytes,
+        )
+        write = None
+        if args.client_cert:
+            if not policy.client_cert:
+                raise AccessDenied("client_cert_not_allowed", "this agent role has no client cert")
+            write = getattr(ctx, "write_secret", None)
+            if write is None:
+                raise BackendUnavailable(
+                    "client_cert_unsupported",
+                    "this gateway cannot issue certificates (no ToolContext.write_secret)",
+                    status=501,
+                )
+        around = _check_injection(inj, policy) if inj is not None else None
 
-        secrets_out: list[str] = []
+        # 2. The credentials.
+        secrets_out: list[bytes] = []
+        key_pem = b""
         try:
-            if args.inject is not None:
-                secrets_out += self._inject(ctx, args.inject, policy, headers)
-            cert_pem, key_pem = self._issue_cert(ctx) if args.client_cert else (b"", b"")
-            try:
-                verify = self._ssl_context(cert_pem, key_pem)
-            finally:
-                key_pem = b""
-            return self._send(args, headers, body, verify, _needles(secrets_out))
+            if inj is not None and around is not None:
+                value = self._read_injected(ctx, inj)
+                headers[inj.header] = around[0] + value + around[1]
+                secrets_out.append(value.encode())
+            cert_pem = b""
+            if write is not None:
+                cert_pem, key_pem = self._issue_cert(ctx, write)
+            verify = self._ssl_context(cert_pem, key_pem)
+            redactor = Redactor(secrets_out, private_keys=[key_pem] if key_pem else [])
+            return self._send(args.method, dest, headers, body, verify, redactor)
         finally:
+            key_pem = b""
             secrets_out.clear()
             headers.clear()
 
-    def _inject(
-        self,
-        ctx: ToolContext,
-        inj: Injection,
-        policy: HTTPRolePolicy,
-        headers: dict[str, str],
-    ) -> list[str]:
-        if not _SECRET_NAME_RE.fullmatch(inj.secret) or ".." in inj.secret:
-            raise RequestRejected("bad_secret_name", "secret names are [A-Za-z0-9_.-], no '/'")
-        allowed = {h.lower() for h in policy.inject_headers}
-        if inj.header.lower() not in allowed:
-            raise AccessDenied(
-                "inject_header_not_allowed", f"header {inj.header[:64]!r} may not carry a secret"
-            )
-        if inj.format.count("{value}") != 1 or "\n" in inj.format or "\r" in inj.format:
-            raise RequestRejected("bad_inject_format", "format must contain '{value}' once")
+    def _read_injected(self, ctx: ToolContext, inj: Injection) -> str:
         c = ctx.claims
         rel = self.settings.kv_path_template.format(tenant=c.tenant, agent=c.agent, name=inj.secret)
         lease = ctx.read_secret(f"{self.settings.kv_mount}/data/{rel}")
@@ -201,22 +456,22 @@ class HTTPRequestTool:
             raise RequestRejected(
                 "secret_field_missing", f"the secret has no string field {inj.field[:64]!r}"
             )
-        if "\n" in value or "\r" in value:
-            raise RequestRejected("secret_not_a_header", "the secret cannot go in a header")
-        sent = inj.format.replace("{value}", value)
-        for k in [k for k in headers if k.lower() == inj.header.lower()]:
-            del headers[k]
-        headers[inj.header] = sent
-        return [value, sent]
-
-    def _issue_cert(self, ctx: ToolContext) -> tuple[bytes, bytes]:
-        write = getattr(ctx, "write_secret", None)
-        if write is None:
-            raise BackendUnavailable(
-                "client_cert_unsupported",
-                "this gateway cannot issue certificates (no ToolContext.write_secret)",
-                status=501,
+        if not field_value_ok(value):
+            raise RequestRejected(
+                "secret_not_a_header",
+                "the secret cannot go in a header (visible ASCII, spaces inside only)",
+                status=422,
             )
+        if len(value) < MIN_SECRET_BYTES:
+            raise RequestRejected(
+                "secret_too_short",
+                f"secrets shorter than {MIN_SECRET_BYTES} characters are not injected: "
+                "they could not be told apart from ordinary text in the answer",
+                status=422,
+            )
+        return value
+
+    def _issue_cert(self, ctx: ToolContext, write: Any) -> tuple[bytes, bytes]:
         s, c = self.settings, ctx.claims
         role = s.pki_role_template.format(tenant=c.tenant, agent_role=c.agent_role)
         san = s.uri_san_template.format(tenant=c.tenant, agent=c.agent, agent_role=c.agent_role)
@@ -253,55 +508,70 @@ class HTTPRequestTool:
 
     def _send(
         self,
-        args: HTTPArgs,
+        method: str,
+        dest: Destination,
         headers: dict[str, str],
         body: bytes,
         verify: ssl.SSLContext,
-        needles: list[bytes],
+        redactor: Redactor,
     ) -> dict[str, Any]:
         s = self.settings
         limit = s.max_response_bytes
-        # Read past the limit by the longest needle, so that an echoed secret that
-        # straddles the limit is still whole when it is redacted.
-        pad = max((len(n) for n in needles), default=0)
+        # Decode past the limit by the longest possible match, so that a reflected
+        # secret straddling the limit is whole when it is looked for.
+        want = limit + (redactor.max_match if redactor else 0)
+        raw_cap = want + 65_536
+        deadline = time.monotonic() + s.deadline
+        sent = {**headers, "Accept-Encoding": ACCEPT_ENCODING}
         try:
             with (
-                httpx.Client(verify=verify, timeout=s.timeout, follow_redirects=False) as client,
-                client.stream(args.method, args.url, headers=headers, content=body) as resp,
+                httpx.Client(
+                    verify=verify, timeout=s.timeout, follow_redirects=False, trust_env=False
+                ) as client,
+                client.stream(method, dest.url, headers=sent, content=body) as resp,
             ):
-                buf = bytearray()
-                for chunk in resp.iter_bytes():
-                    buf += chunk
-                    if len(buf) > limit + pad:
+                decoder = BoundedDecoder(coding_of(resp.headers.get_list("content-encoding")), want)
+                raw_read = 0
+                for chunk in resp.iter_raw():
+                    raw_read += len(chunk)
+                    decoder.feed(chunk)
+                    if decoder.more or raw_read > raw_cap:
                         break
+                    if time.monotonic() > deadline:
+                        raise BackendUnavailable(
+                            "http_timeout", "the destination did not answer in time", status=504
+                        )
                 status = resp.status_code
-                out_headers = [
-                    [k, v] for k, v in resp.headers.multi_items() if k.lower() != "set-cookie"
-                ]
+                raw_headers = list(resp.headers.raw)
         except httpx.TimeoutException:
             raise BackendUnavailable(
                 "http_timeout", "the destination did not answer in time", status=504
             ) from None
-        except httpx.HTTPError as exc:
+        except (UnsupportedCoding, CorruptCoding):
+            raise BackendUnavailable(
+                "http_bad_encoding",
+                f"the destination answered in a content coding the gateway does not decode "
+                f"(it asks for {ACCEPT_ENCODING}; gzip and deflate are decoded)",
+                status=502,
+            ) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise BackendUnavailable(
                 "http_unavailable",
                 f"the request failed ({type(exc).__name__}; TLS or connection)",
                 status=502,
             ) from None
-        raw = bytes(buf)
-        for n in needles:
-            raw = raw.replace(n, REDACTED.encode())
-        truncated = len(raw) > limit
-        raw = raw[:limit]
+        data = bytes(decoder.output)
+        truncated = decoder.more or raw_read > raw_cap or len(data) > limit
+        out = redactor.redact(data, limit) if redactor else data[:limit]
         try:
-            text, encoding = raw.decode(), "utf-8"
+            text, encoding = out.decode(), "utf-8"
         except UnicodeDecodeError:
-            text, encoding = base64.b64encode(raw).decode(), "base64"
-        for n in needles:
-            needle = n.decode()
-            out_headers = [
-                [k.replace(needle, REDACTED), v.replace(needle, REDACTED)] for k, v in out_headers
-            ]
+            text, encoding = base64.b64encode(out).decode(), "base64"
+        out_headers = [
+            [_header_text(redactor, k).lower(), _header_text(redactor, v)]
+            for k, v in raw_headers
+            if k.lower() != b"set-cookie"
+        ]
         return {
             "status": status,
             "headers": out_headers,
@@ -311,14 +581,13 @@ class HTTPRequestTool:
         }
 
 
-def _needles(values: list[str]) -> list[bytes]:
-    """Every form of an injected value a destination might echo back, longest first."""
-    out: set[bytes] = set()
-    for v in values:
-        if len(v) >= 4:
-            out.add(v.encode())
-            out.add(base64.b64encode(v.encode()))
-    return sorted(out, key=len, reverse=True)
+def _header_text(redactor: Redactor, raw: bytes) -> str:
+    if redactor:
+        raw = redactor.redact(raw)
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def quiet_wire_loggers() -> None:

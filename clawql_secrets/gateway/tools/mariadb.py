@@ -118,7 +118,7 @@ def execute(
                 )
             text = stmt.sql
             if params:
-                text = sqlguard.bind_mariadb(stmt, [str(conn.literal(p)) for p in params])
+                text = sqlguard.bind_mariadb(stmt, [str(conn.escape(p)) for p in params])
             return _run(conn, text, max_rows, lim, jsonable)
     except pymysql.MySQLError as exc:
         raise translate(exc, pool.user) from None

@@ -9,21 +9,39 @@ pub/sub even if the role is too broad. The first call of a session on a
 replica creates the user and a connection pool, kept as a session resource;
 ending the session revokes the lease, which deletes the user and kills its
 connections.
+
+Validate first, touch secrets after: the argument count, the command name (an
+ASCII word on the allow-list; the upper-cased name that was checked is the one
+sent), each argument (a string UTF-8 can encode, an integer or a finite
+number), the total size and the instance are all checked before the session's
+credential is read. The session user's password is redacted from replies and
+error messages in every form ``reflect`` knows, in case Redis ever echoes it.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from clawql_secrets.errors import ConfigError
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.errors import AccessDenied, BackendUnavailable, RequestRejected
 from clawql_secrets.gateway.tools import ToolContext, read_credential, tool_settings
+from clawql_secrets.gateway.tools.reflect import MIN_SECRET_BYTES, Redactor
 
 NAME = "redis.command"
 DEFAULT_COMMANDS = [
@@ -124,6 +142,10 @@ _FORBIDDEN = frozenset(
 )
 
 
+_VERB_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+_INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -147,20 +169,36 @@ class RedisSettings(_Strict):
     max_reply_bytes: int = Field(default=1_000_000, ge=1024, le=64_000_000)
 
 
-Arg = str | int | float
+Arg = StrictStr | StrictInt | StrictFloat
 
 
 class RedisArgs(_Strict):
-    command: list[Arg] = Field(min_length=1)
-    instance: str = "default"
+    command: list[Arg] = Field(min_length=1, max_length=10_000)
+    instance: str = Field(default="default", min_length=1, max_length=64)
+
+    @field_validator("command")
+    @classmethod
+    def _encodable(cls, command: list[Arg]) -> list[Arg]:
+        for a in command:
+            if isinstance(a, float) and not math.isfinite(a):
+                raise ValueError("numbers must be finite")
+            if isinstance(a, str) and not a.isascii():
+                try:
+                    a.encode()
+                except UnicodeEncodeError:
+                    raise ValueError("arguments must be text that UTF-8 can encode") from None
+        return command
 
 
 class RedisSession:
     """One session's client (a small pool of its dynamic user's connections)."""
 
-    def __init__(self, pool: redis.BlockingConnectionPool, user: str) -> None:
+    def __init__(
+        self, pool: redis.BlockingConnectionPool, user: str, redactor: Redactor | None = None
+    ) -> None:
         self.pool = pool
         self.user = user
+        self.redactor = redactor or Redactor([])
 
     def execute(self, parts: list[str]) -> Any:
         """The raw reply (no client-side reply callbacks: ``SET`` answers ``OK``)."""
@@ -168,7 +206,9 @@ class RedisSession:
         try:
             conn.send_command(*parts)
             return conn.read_response()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except redis.exceptions.ResponseError:
+            raise  # an error reply: the connection is in step
+        except redis.exceptions.RedisError:
             conn.disconnect()
             raise
         finally:
@@ -178,19 +218,26 @@ class RedisSession:
         self.pool.disconnect()
 
 
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
+def _jsonable(value: Any, redactor: Redactor | None = None) -> Any:
+    r = redactor or _NO_REDACTION
+    if value is None or isinstance(value, bool | int | float):
         return value
+    if isinstance(value, str):
+        return r.redact_text(value)
     if isinstance(value, bytes):
+        value = r.redact(value)
         try:
             return value.decode()
         except UnicodeDecodeError:
             return {"base64": base64.b64encode(value).decode()}
     if isinstance(value, list | tuple | set):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, r) for v in value]
     if isinstance(value, dict):
-        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
-    return str(value)
+        return {str(_jsonable(k, r)): _jsonable(v, r) for k, v in value.items()}
+    return r.redact_text(str(value))
+
+
+_NO_REDACTION = Redactor([])
 
 
 class RedisCommandTool:
@@ -212,21 +259,25 @@ class RedisCommandTool:
 
     def run(self, ctx: ToolContext, args: RedisArgs) -> dict[str, Any]:
         s = self.settings
+        # 1. Every argument, before the session's credential is read.
         if len(args.command) > s.max_args:
             raise RequestRejected("too_many_args", f"more than {s.max_args} arguments")
-        parts = [str(a) for a in args.command]
+        first = args.command[0]
+        verb = first.upper() if isinstance(first, str) and _VERB_RE.fullmatch(first) else None
+        if verb is None or verb not in self._allowed(ctx.claims.agent_role):
+            shown = str(first)[:32] if verb is None else verb
+            raise AccessDenied("command_not_allowed", f"{shown!r} is not an allowed command")
+        parts = [verb, *(str(a) for a in args.command[1:])]
         if sum(len(p.encode()) for p in parts) > s.max_arg_bytes:
             raise RequestRejected(
                 "command_too_large", f"the command exceeds {s.max_arg_bytes} bytes", status=413
             )
-        verb = parts[0].upper()
-        if verb not in self._allowed(ctx.claims.agent_role):
-            raise AccessDenied("command_not_allowed", f"{verb[:32]!r} is not an allowed command")
-        target = s.instances.get(args.instance)
+        target = s.instances.get(args.instance) if _INSTANCE_RE.fullmatch(args.instance) else None
         if target is None:
             raise RequestRejected(
                 "unknown_instance", f"no Redis instance named {args.instance[:64]!r}", status=404
             )
+        # 2. The session's user, then the command.
         sess = ctx.resource(f"redis:{args.instance}", lambda: self._open(ctx, target))
         try:
             reply = sess.execute(parts)
@@ -235,15 +286,15 @@ class RedisCommandTool:
                 "redis_permission_denied", "Redis refused this command or key for the session"
             ) from None
         except redis.exceptions.ResponseError as exc:
-            msg = str(exc).replace(sess.user, "<session user>")[:300]
+            msg = sess.redactor.redact_text(str(exc).replace(sess.user, "<session user>"))
             raise RequestRejected(
-                "redis_error", f"Redis rejected the command: {msg}", status=422
+                "redis_error", f"Redis rejected the command: {msg[:300]}", status=422
             ) from None
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except redis.exceptions.RedisError:
             raise BackendUnavailable(
                 "redis_unavailable", "the Redis connection failed or was closed"
             ) from None
-        result = _jsonable(reply)
+        result = _jsonable(reply, sess.redactor)
         size = len(json.dumps(result))
         if size > s.max_reply_bytes:
             raise RequestRejected(
@@ -275,7 +326,10 @@ class RedisCommandTool:
             raise BackendUnavailable(
                 "redis_unavailable", "cannot connect to Redis as the session user"
             ) from None
-        return RedisSession(pool, user)
+        secret = password.encode()
+        return RedisSession(
+            pool, user, Redactor([secret] if len(secret) >= MIN_SECRET_BYTES else [])
+        )
 
 
 def factory(config: GatewayConfig) -> RedisCommandTool:
