@@ -452,6 +452,22 @@ def _raft_index(s: StackSettings, ca: ssl.SSLContext) -> int:
     raise RuntimeError("no OpenBao node says it is the leader")
 
 
+class _Writes:
+    """Raft writes made inside a ``with`` block (the leader's committed index around it)."""
+
+    def __init__(self, s: StackSettings, ca: ssl.SSLContext) -> None:
+        self._s, self._ca = s, ca
+        self.n, self.wall = 0, 0.0
+
+    def __enter__(self) -> _Writes:
+        self._i0, self._t0 = _raft_index(self._s, self._ca), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._t0
+        self.n = _raft_index(self._s, self._ca) - self._i0
+
+
 def _raft(
     s: StackSettings,
     ca: ssl.SSLContext,
@@ -466,74 +482,61 @@ def _raft(
 ) -> list[str]:
     """Raft writes per tool call, on the leader's committed index, one client at a time."""
     gw_host, gw_port = url.removeprefix("http://").split(":")
-    body = {"pg": json.dumps({"sql": "SELECT 1", "database": DATABASE}).encode()}
-    body["maria"] = json.dumps({"sql": "SELECT 1", "database": "maria_main"}).encode()
+    pg = json.dumps({"sql": "SELECT 1", "database": DATABASE}).encode()
+    maria = json.dumps({"sql": "SELECT 1", "database": "maria_main"}).encode()
+    tool = "/v1/tools/sql.query"
 
-    def counted(fn: Callable[[], None]) -> tuple[int, float]:
-        i0, t0 = _raft_index(s, ca), time.perf_counter()
-        fn()
-        return _raft_index(s, ca) - i0, time.perf_counter() - t0
+    class _Session:
+        def __init__(self, agent: str) -> None:
+            self.token = jwt(agent)
+            self.h = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+            self.conn = http.client.HTTPConnection(gw_host, int(gw_port), timeout=30)
 
-    def session(agent: str) -> tuple[http.client.HTTPConnection, dict[str, str], str]:
-        token = jwt(agent)
-        h = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        return http.client.HTTPConnection(gw_host, int(gw_port), timeout=30), h, token
+        def call(self, body: bytes = pg) -> None:
+            _post(self.conn, tool, body, self.h)
 
-    def end(conn: http.client.HTTPConnection, h: dict[str, str], token: str) -> None:
-        conn.request("DELETE", f"/v1/sessions/{session_id(token)}", headers=h)
-        conn.getresponse().read()
+        def end(self) -> None:
+            self.conn.request("DELETE", f"/v1/sessions/{session_id(self.token)}", headers=self.h)
+            self.conn.getresponse().read()
+            self.conn.close()
 
-    warm: list[tuple[int, float]] = []
-    idle: list[int] = []
-    raw: list[int] = []
-    first: list[int] = []
-    second_cred: list[int] = []
-    ends: list[int] = []
-    same_agent: list[int] = []
+    rows: dict[str, list[int]] = {}
+    warm_wall: list[float] = []
+
+    def keep(name: str, w: _Writes) -> None:
+        rows.setdefault(name, []).append(w.n)
+
     for rep in range(REPS):
         tag = f"{rep}-{time.monotonic_ns() % 10**7}"
-        conn, h, token = session(f"raft{tag}")
-        try:
-            first.append(counted(lambda: _post(conn, "/v1/tools/sql.query", body["pg"], h))[0])
-            _post(conn, "/v1/tools/sql.query", body["pg"], h)
-            n, wall = counted(
-                lambda: (
-                    [_post(conn, "/v1/tools/sql.query", body["pg"], h) for _ in range(RAFT_CALLS)]
-                    and None
-                )
-            )
-            warm.append((n, wall))
-            i0 = _raft_index(s, ca)
-            time.sleep(wall)  # an idle window as long as the warm loop
-            idle.append(_raft_index(s, ca) - i0)
-            second_cred.append(
-                counted(lambda: _post(conn, "/v1/tools/sql.query", body["maria"], h))[0]
-            )
-            # A second live session of the same agent (same alias), calls alternating.
-            conn2, h2, token2 = session(f"raft{tag}")
-            try:
-                _post(conn2, "/v1/tools/sql.query", body["pg"], h2)
-                _post(conn, "/v1/tools/sql.query", body["pg"], h)
-                same_agent.append(
-                    counted(
-                        lambda: (
-                            [
-                                (
-                                    _post(conn, "/v1/tools/sql.query", body["pg"], h),
-                                    _post(conn2, "/v1/tools/sql.query", body["pg"], h2),
-                                )
-                                for _ in range(RAFT_CALLS // 2)
-                            ]
-                            and None
-                        )
-                    )[0]
-                )
-                end(conn2, h2, token2)
-            finally:
-                conn2.close()
-            ends.append(counted(lambda: end(conn, h, token))[0])
-        finally:
-            conn.close()
+        a = _Session(f"raft{tag}")
+        with _Writes(s, ca) as w:
+            a.call()
+        keep("first", w)
+        a.call()
+        with _Writes(s, ca) as w:
+            for _ in range(RAFT_CALLS):
+                a.call()
+        keep("warm", w)
+        warm_wall.append(w.wall)
+        with _Writes(s, ca) as w:
+            time.sleep(warm_wall[-1])  # an idle window as long as the warm loop
+        keep("idle", w)
+        with _Writes(s, ca) as w:
+            a.call(maria)
+        keep("second credential", w)
+        # A second live session of the same agent (the same entity alias), alternating.
+        b = _Session(f"raft{tag}")
+        b.call()
+        a.call()
+        with _Writes(s, ca) as w:
+            for _ in range(RAFT_CALLS // 2):
+                a.call()
+                b.call()
+        keep("same agent", w)
+        b.end()
+        with _Writes(s, ca) as w:
+            a.end()
+        keep("end", w)
         # The raw floor: the same exchange login + query, warm.
         claims = claims_for(f"rraft{tag}")
         hj = {"Content-Type": "application/json"}
@@ -550,40 +553,41 @@ def _raft(
         ):
             bconn = _bao_conn(s, ca, login_path, login_body(claims), hj)
             try:
-
-                def loop() -> None:
+                with _Writes(s, ca) as w:
                     for _ in range(RAFT_CALLS):
                         _post(bconn, login_path, login_body(claims), hj)
                         db.execute("SELECT 1").fetchall()
-
-                raw.append(counted(loop)[0])
+                keep("raw", w)
             finally:
                 bconn.close()
-    m = statistics.median
+
+    def m(name: str) -> float:
+        return statistics.median(rows[name])
+
     return [
         "OpenBao's raft writes (the leader's `raft_committed_index` from `sys/leader`, read",
         f"before and after each loop; one client; medians of {REPS} repetitions):",
         "",
         "| what | raft writes | per tool call |",
         "|---|---|---|",
-        f"| warm session, {RAFT_CALLS} `sql.query` calls | {m(n for n, _ in warm):.0f} "
-        f"| {m(n for n, _ in warm) / RAFT_CALLS:.3f} (target 0) |",
-        f"| idle, a window as long as that loop ({m(w for _, w in warm):.1f} s) "
-        f"| {m(idle):.0f} | — |",
-        f"| raw floor, {RAFT_CALLS} exchange logins + query | {m(raw):.0f} "
-        f"| {m(raw) / RAFT_CALLS:.3f} |",
+        f"| warm session, {RAFT_CALLS} `sql.query` calls | {m('warm'):.0f} "
+        f"| {m('warm') / RAFT_CALLS:.3f} (target 0) |",
+        f"| idle, a window as long as that loop ({statistics.median(warm_wall):.1f} s) "
+        f"| {m('idle'):.0f} | — |",
+        f"| raw floor, {RAFT_CALLS} exchange logins + query | {m('raw'):.0f} "
+        f"| {m('raw') / RAFT_CALLS:.3f} |",
         f"| a new agent's first call (`pg_main`: entity, anchor token, DB user) "
-        f"| {m(first):.0f} | — |",
+        f"| {m('first'):.0f} | — |",
         f"| the same session's first `maria_main` call (a second anchor and user) "
-        f"| {m(second_cred):.0f} | — |",
+        f"| {m('second credential'):.0f} | — |",
         f"| two live sessions of one agent, {RAFT_CALLS} calls alternating "
-        f"| {m(same_agent):.0f} | {m(same_agent) / RAFT_CALLS:.3f} |",
+        f"| {m('same agent'):.0f} | {m('same agent') / RAFT_CALLS:.3f} |",
         f"| `DELETE /v1/sessions/{{sid}}` (2 leases, 2 anchors; gateway login + logout) "
-        f"| {m(ends):.0f} | — |",
+        f"| {m('end'):.0f} | — |",
         "",
-        "The last-but-one row: the agents mount maps `sid` into the entity alias's metadata,",
-        "which is last-login-wins, so two live sessions of one agent rewrite it at every",
-        "login (a raft write per call, and a replicated entity update).",
+        "Two live sessions of one agent: the agents mount maps `sid` into the entity alias's",
+        "metadata, which is last-login-wins, so each of their logins rewrites it (a raft",
+        "write per call). One session per agent at a time makes no write on a warm call.",
     ]
 
 

@@ -6,7 +6,8 @@ a backend answer that might echo a credential.
 
     InputError
     ├── RequestRejected      400/404/413/422: bad body, unknown tool, oversized, tool refused
-    └── TokenMalformed       400: the bearer is not a JWT at all (size, base64, JSON)
+    └── TokenMalformed       400 here; the HTTP edge answers 401 with a Bearer challenge
+                             (the bearer is not a JWT at all: size, base64, JSON)
     AuthenticationError
     └── TokenRejected        401: a JWT that fails verification, or a dead session
     SecurityError

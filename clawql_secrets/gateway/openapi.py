@@ -68,6 +68,13 @@ ERROR_CODES = [
     "sql_timeout",
     "sql_permission_denied",
     "sql_error",
+    "sql_unparsable",
+    "sql_multiple_statements",
+    "sql_params_mismatch",
+    "sql_bad_param",
+    "sql_function_refused",
+    "sql_setting_refused",
+    "sql_unsupported_result",
     "database_unavailable",
     "pool_exhausted",
     "session_closed",
@@ -83,6 +90,8 @@ ERROR_CODES = [
     "client_cert_unsupported",
     "secret_field_missing",
     "secret_not_a_header",
+    "secret_too_short",
+    "http_bad_encoding",
     "http_timeout",
     "http_unavailable",
     # redis.command
@@ -106,6 +115,8 @@ ERROR_CODES = [
     "internal_error",
 ]
 
+SQL_CLASS_REFUSED = "^sql_[a-z]+_refused$"
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -114,7 +125,11 @@ _ERROR = {
             "type": "object",
             "required": ["code", "message"],
             "properties": {
-                "code": {"type": "string", "enum": list(ERROR_CODES)},
+                "code": {
+                    "type": "string",
+                    # sql.query refuses a statement class by name: sql_<class>_refused.
+                    "anyOf": [{"enum": list(ERROR_CODES)}, {"pattern": SQL_CLASS_REFUSED}],
+                },
                 "message": {"type": "string"},
             },
         }

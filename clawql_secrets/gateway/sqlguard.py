@@ -289,7 +289,7 @@ def bind_mariadb(stmt: Statement, literals: Sequence[str]) -> str:
     i = 0
     for tok in before:
         if tok.token_type == TokenType.PLACEHOLDER:
-            n = _literal_width(after, i)
+            n = _literal_width(after, i, tok.comments or ())
             if n == 0:
                 raise _bad_param()
             i += n
@@ -322,109 +322,57 @@ class _Unlexable(Exception):
 
 
 # -- refused functions and allowed settings -----------------------------------------------
-_PG_REFUSED = frozenset(
-    {
-        "loread",
-        "lowrite",
-        "set_config",
-        "query_to_xml",
-        "query_to_xmlschema",
-        "query_to_xml_and_xmlschema",
-        "cursor_to_xml",
-        "cursor_to_xmlschema",
-        "ts_stat",
-        "ts_rewrite",
-        "pg_terminate_backend",
-        "pg_cancel_backend",
-        "pg_reload_conf",
-        "pg_rotate_logfile",
-        "pg_promote",
-        "pg_switch_wal",
-        "pg_backup_start",
-        "pg_backup_stop",
-        "pg_start_backup",
-        "pg_stop_backup",
-        "pg_log_backend_memory_contexts",
-        "pg_wal_replay_pause",
-        "pg_wal_replay_resume",
-        "pg_logical_emit_message",
-        "pg_replication_slot_advance",
-        "pg_drop_replication_slot",
-        "pg_import_system_collations",
-        "pg_stat_file",
-        "pg_stat_statements_reset",
-        "pg_notify",
-        "pg_advisory_lock",
-        "pg_advisory_lock_shared",
-        "pg_try_advisory_lock",
-        "pg_try_advisory_lock_shared",
-    }
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Matched lower-cased, schema qualification ignored.
+_PG_REFUSED = (
+    # large objects (and every lo_* below): owned by the role, they pin it
+    _names("loread lowrite")
+    # SET by another name
+    | _names("set_config")
+    # they run SQL text the guard never sees
+    | _names("query_to_xml query_to_xmlschema query_to_xml_and_xmlschema cursor_to_xml")
+    | _names("cursor_to_xmlschema ts_stat ts_rewrite")
+    # other sessions and the server itself
+    | _names("pg_terminate_backend pg_cancel_backend pg_reload_conf pg_rotate_logfile")
+    | _names("pg_promote pg_switch_wal pg_backup_start pg_backup_stop pg_start_backup")
+    | _names("pg_stop_backup pg_log_backend_memory_contexts pg_wal_replay_pause")
+    | _names("pg_wal_replay_resume pg_logical_emit_message pg_replication_slot_advance")
+    | _names("pg_drop_replication_slot pg_import_system_collations pg_stat_file pg_notify")
+    | _names("pg_stat_statements_reset")
+    # session-level advisory locks outlive the call on a pooled connection
+    | _names("pg_advisory_lock pg_advisory_lock_shared pg_try_advisory_lock")
+    | _names("pg_try_advisory_lock_shared")
 )
-_PG_REFUSED_PREFIXES = (
-    "lo_",
-    "dblink",
-    "pg_read_",
-    "pg_ls_",
-    "pg_file_",
-    "pg_logdir_",
-    "pg_stat_reset",
-    "pg_create_",
-    "pg_copy_",
-    "pg_logical_slot_",
-    "pg_replication_origin_",
+_PG_REFUSED_PREFIXES = tuple(
+    sorted(
+        _names("lo_ dblink pg_read_ pg_ls_ pg_file_ pg_logdir_ pg_stat_reset pg_create_")
+        | _names("pg_copy_ pg_logical_slot_ pg_replication_origin_")
+    )
 )
-_MARIA_REFUSED = frozenset(
-    {
-        "load_file",
-        "benchmark",
-        "get_lock",
-        "release_lock",
-        "release_all_locks",
-        "is_free_lock",
-        "is_used_lock",
-        "master_pos_wait",
-        "master_gtid_wait",
-        "source_pos_wait",
-        "sys_exec",
-        "sys_eval",
-    }
+_MARIA_REFUSED = (
+    # server files; CPU burn whose interruption by the timeout is silent
+    _names("load_file benchmark")
+    # named locks: held by the pooled connection, visible across tenants
+    | _names("get_lock release_lock release_all_locks is_free_lock is_used_lock")
+    # replication waits; UDF shells
+    | _names("master_pos_wait master_gtid_wait source_pos_wait sys_exec sys_eval")
 )
 # Functions that write: a statement calling one is in class ``write``.
-_WRITE_FUNCTIONS = frozenset({"nextval", "setval"})
+_WRITE_FUNCTIONS = _names("nextval setval")
 
-_PG_SETTINGS = frozenset(
-    {
-        "datestyle",
-        "intervalstyle",
-        "timezone",
-        "extra_float_digits",
-        "bytea_output",
-        "xmlbinary",
-        "xmloption",
-        "lc_monetary",
-        "lc_numeric",
-        "lc_time",
-        "default_text_search_config",
-        "jit",
-        "plan_cache_mode",
-        "random_page_cost",
-        "seq_page_cost",
-        "cpu_tuple_cost",
-        "cpu_index_tuple_cost",
-        "cpu_operator_cost",
-        "effective_cache_size",
-        "from_collapse_limit",
-        "join_collapse_limit",
-    }
+# What a session granted ``session`` may SET: presentation and planner settings only.
+_PG_SETTINGS = (
+    _names("datestyle intervalstyle timezone extra_float_digits bytea_output xmlbinary")
+    | _names("xmloption lc_monetary lc_numeric lc_time default_text_search_config jit")
+    | _names("plan_cache_mode random_page_cost seq_page_cost cpu_tuple_cost")
+    | _names("cpu_index_tuple_cost cpu_operator_cost effective_cache_size")
+    | _names("from_collapse_limit join_collapse_limit")
 )
-_MARIA_SETTINGS = frozenset(
-    {
-        "time_zone",
-        "lc_time_names",
-        "div_precision_increment",
-        "default_week_format",
-        "optimizer_search_depth",
-    }
+_MARIA_SETTINGS = _names(
+    "time_zone lc_time_names div_precision_increment default_week_format optimizer_search_depth"
 )
 
 
@@ -496,6 +444,7 @@ _PG_KINDS: dict[str, str] = {
     "RefreshMatViewStmt": "ddl",
 }
 _PG_NESTED_WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+_PG_TWO_PHASE = _names("TRANS_STMT_PREPARE TRANS_STMT_COMMIT_PREPARED TRANS_STMT_ROLLBACK_PREPARED")
 
 
 def _pg_kind_class(kind: str) -> str:
@@ -531,6 +480,8 @@ def _pg_base(kind: str, body: dict[str, Any]) -> set[str]:
         return _pg_base(ikind, ibody)
     if kind == "VariableSetStmt" and body.get("name") == "TRANSACTION":
         return {"transaction"}
+    if kind == "TransactionStmt" and body.get("kind") in _PG_TWO_PHASE:
+        return {"other"}  # a prepared transaction outlives the session and its locks
     out = {_pg_kind_class(kind)}
     if kind in ("PrepareStmt", "DeclareCursorStmt"):
         ((ikind, ibody),) = body["query"].items()
@@ -604,6 +555,9 @@ class _Lexer(MySQL.Tokenizer):
     COMMANDS: ClassVar[set[TokenType]] = set()
 
 
+_SWALLOWS = frozenset(MySQL.Tokenizer.COMMANDS)
+
+
 def _maria_tokens(sql: str) -> list[Token]:
     try:
         return list(_Lexer(dialect=_DIALECT).tokenize(sql))
@@ -633,10 +587,13 @@ def _maria_lexical_check(sql: str) -> None:
 def _maria_classify(sql: str) -> Statement:
     _maria_lexical_check(sql)
     try:
-        tokens = _maria_tokens(sql)
-        trees = [t for t in _DIALECT.parse(sql) if t is not None]
-    except _Unlexable as exc:
-        raise _unparsable(str(exc)) from None
+        raw = list(_DIALECT.tokenize(sql))
+    except (sqlglot.errors.SqlglotError, RecursionError, ValueError) as exc:
+        raise _unparsable(str(exc).split("\n")[0][:200]) from None
+    # The parser's tokens, unless sqlglot swallowed a statement's rest into one string.
+    tokens = _maria_tokens(sql) if any(t.token_type in _SWALLOWS for t in raw) else raw
+    try:
+        trees = [t for t in _DIALECT.parser().parse(raw, sql) if t is not None]
     except (sqlglot.errors.SqlglotError, RecursionError, ValueError) as exc:
         if _maria_is_copy(tokens):  # forms sqlglot does not parse, refused by class
             return Statement("mariadb", sql, "Unparsed", frozenset({"copy"}), *_empty())
@@ -722,11 +679,11 @@ def _maria_base(tree: exp.Expr, tokens: Sequence[Token], settings: set[str]) -> 
         return {"read"} if all(isinstance(t, exp.Parameter) for t in targets) else {"ddl"}
     if isinstance(tree, exp.Insert | exp.Update | exp.Delete | exp.Merge):
         return {"write"}
-    if isinstance(tree, exp.Describe):
+    if isinstance(tree, exp.Describe):  # EXPLAIN/DESCRIBE: a table's columns, or a plan
         inner = tree.this
         if isinstance(inner, exp.Query | exp.Insert | exp.Update | exp.Delete | exp.Merge):
             return _maria_base(inner, tokens, settings)
-        return {"read"}
+        return {"read"} if isinstance(inner, exp.Table) else {"other"}
     if isinstance(tree, exp.Show):
         return {"read"}
     if isinstance(tree, exp.Use):
@@ -778,7 +735,7 @@ def _maria_command(tokens: Sequence[Token], settings: set[str]) -> set[str]:
         return {"session"}
     if first == "REPLACE":
         return {"write"}
-    if first in ("BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "XA"):
+    if first in ("BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"):
         return {"transaction"}
     if first == "LOAD":
         return {"copy"}
@@ -827,17 +784,22 @@ def _maria_set(tree: exp.Set, settings: set[str]) -> set[str]:
     return classes or {"read"}
 
 
-def _literal_width(tokens: Sequence[Token], i: int) -> int:
-    """How many tokens at ``i`` make one escaped value (``'…'``, ``12``, ``-1.5``, NULL)."""
+def _literal_width(tokens: Sequence[Token], i: int, comments: Sequence[str]) -> int:
+    """How many tokens at ``i`` make one escaped value (``'…'``, ``12``, ``-1.5``, NULL),
+    carrying exactly the placeholder's ``comments`` (a value cannot bring its own)."""
     if i >= len(tokens):
         return 0
     tok = tokens[i]
-    if tok.comments:
-        return 0
+    width = 0
     if tok.token_type in (TokenType.STRING, TokenType.NUMBER, TokenType.NULL):
-        return 1
-    if tok.token_type == TokenType.DASH and i + 1 < len(tokens):
-        nxt = tokens[i + 1]
-        if nxt.token_type == TokenType.NUMBER and not nxt.comments:
-            return 2
-    return 0
+        width = 1
+    elif (
+        tok.token_type == TokenType.DASH
+        and i + 1 < len(tokens)
+        and tokens[i + 1].token_type == TokenType.NUMBER
+        and not tok.comments
+    ):
+        width = 2
+    if width == 0 or list(tokens[i + width - 1].comments or ()) != list(comments):
+        return 0
+    return width

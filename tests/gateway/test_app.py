@@ -322,7 +322,7 @@ def test_declared_length_must_be_ascii_digits_within_the_limit(
     r = env.client.post(
         "/v1/tools/sql.query",
         content=b"{}",
-        headers={**env.auth(), "Content-Length": declared},  # type: ignore[dict-item]
+        headers={**env.auth(), "Content-Length": declared},
     )
     assert (r.status_code, _code(r)) == (413, "body_too_large")
 

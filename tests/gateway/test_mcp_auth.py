@@ -25,7 +25,13 @@ import jwt as pyjwt
 import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.client.auth.utils import (
+    build_protected_resource_metadata_discovery_urls,
+    extract_resource_metadata_from_www_auth,
+)
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import ProtectedResourceMetadata
+from mcp.shared.auth_utils import check_resource_allowed
 from mcp.shared.exceptions import MCPError
 
 from clawql_secrets.gateway import session_issuer
@@ -196,6 +202,25 @@ def test_the_challenge_leads_to_the_metadata(env: Env) -> None:
             "bearer_methods_supported": ["header"],
             "resource_name": "ClawQL Secrets gateway",
         }
+
+
+def test_the_sdks_own_discovery_finds_and_accepts_the_metadata(env: Env) -> None:
+    """What the SDK's OAuth client does with a 401 (SEP-985 discovery, RFC 9728 model,
+    RFC 8707 resource check), run on this gateway's answers."""
+    endpoint = f"{env.url}/mcp"
+    with httpx2.Client(trust_env=False) as http:
+        challenge = http.post(endpoint, json=INIT, headers={"Accept": ACCEPT})
+        hinted = extract_resource_metadata_from_www_auth(challenge)
+        assert hinted == env.metadata_url
+        urls = build_protected_resource_metadata_discovery_urls(hinted, endpoint)
+        assert f"{env.metadata_url}/mcp" in urls
+        for url in urls:
+            doc = ProtectedResourceMetadata.model_validate_json(http.get(url).content)
+            assert str(doc.resource).rstrip("/") == env.url
+            assert [str(a).rstrip("/") for a in doc.authorization_servers] == [
+                session_issuer.SESSIONS_ISSUER_URL
+            ]
+            assert check_resource_allowed(endpoint, str(doc.resource))
 
 
 @pytest.mark.parametrize(

@@ -429,7 +429,8 @@ def test_tools_list_shows_the_roles_tools(env: Env) -> None:
 @pytest.mark.parametrize(
     ("case", "body"),
     [
-        ("nested_arrays", b"[" * 20_000 + b"]" * 20_000),
+        ("nested_arrays", b"[" * 1000 + b"]" * 1000),
+        ("unclosed_arrays", b"[" * LIMIT),
         (
             "nested_params",
             b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":'
@@ -443,7 +444,6 @@ def test_tools_list_shows_the_roles_tools(env: Env) -> None:
 @pytest.mark.parametrize("version", [None, "2025-11-25", "2026-07-28"])
 def test_deep_json_is_400(env: Env, case: str, body: bytes, version: str | None) -> None:
     """Deeper than ``edge.max_json_depth`` is ``invalid_json`` before the SDK parses it."""
-    body = body[:LIMIT] if case == "nested_arrays" else body
 
     async def go() -> httpx.Response:
         async with served(env.app) as s:

@@ -288,6 +288,9 @@ def test_pg_ordinary_sql_works(pg: DB) -> None:
         ["it's a \\ 'quote' /* not a comment */"]
     ]
     assert pg.run(ctx, "SELECT pg_sleep(0)")["row_count"] == 1
+    # the lexing the guard assumed, pinned per connection whatever the server's default
+    assert pg.run(ctx, "SHOW standard_conforming_strings")["rows"] == [["on"]]
+    assert pg.run(ctx, "SHOW client_encoding")["rows"] == [["UTF8"]]
     err = pg.refused(ctx, "SELECT $1 + $2", 1)
     assert err.code == "sql_params_mismatch"
     err = pg.refused(ctx, "INSERT INTO items VALUES (1000, 'x')")

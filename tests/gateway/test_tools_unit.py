@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from clawql_secrets.errors import ConfigError
-from clawql_secrets.gateway.config import GatewayConfig
+from clawql_secrets.gateway.config import GatewayConfig, MariaDBTarget, PostgresTarget, SQLLimits
 from clawql_secrets.gateway.errors import AccessDenied, RequestRejected
 from clawql_secrets.gateway.jwt_check import SessionClaims
-from clawql_secrets.gateway.tools import aws, http, redis_cmd
+from clawql_secrets.gateway.tools import aws, http, redis_cmd, sql
 from clawql_secrets.gateway.tools.pool import rows_result
 
 
@@ -214,3 +215,66 @@ def test_rows_result_limits_rows_and_bytes() -> None:
     assert (r["row_count"], r["truncated"]) == (2, False)
     r = rows_result(["a", "b"], raws(5), 5, 40, lambda v: v)
     assert (r["row_count"], r["truncated"]) == (2, True)  # each row is 17 bytes of JSON
+
+
+def _sql_tool(**classes: tuple[str, ...]) -> sql.SQLQueryTool:
+    return sql.SQLQueryTool(
+        {
+            "default": PostgresTarget(host="127.0.0.1", dbname="d", statement_classes=classes),
+            "maria": MariaDBTarget(kind="mariadb", host="127.0.0.1", dbname="m_{tenant}"),
+        },
+        SQLLimits(max_sql_bytes=1024),
+    )
+
+
+def test_sql_refusals_before_any_read() -> None:
+    """Issue 13: the statement guard runs before a credential is read or a pool made
+    (``FakeContext.resource`` fails the test if reached)."""
+    tool = _sql_tool()
+    ctx = FakeContext()
+
+    def code(args: dict[str, Any]) -> str:
+        with pytest.raises((AccessDenied, RequestRejected)) as e:
+            tool.run(ctx, sql.SQLArgs.model_validate(args))
+        return str(getattr(e.value, "code", ""))
+
+    assert code({"sql": "ALTER ROLE CURRENT_USER PASSWORD 'x'"}) == "sql_role_refused"
+    assert code({"sql": "SELECT lo_create(0)"}) == "sql_function_refused"
+    assert code({"sql": "SET statement_timeout = 0"}) == "sql_session_refused"
+    assert code({"sql": "DELETE FROM items"}) == "sql_write_refused"
+    assert code({"sql": "SELECT 1; SELECT 2"}) == "sql_multiple_statements"
+    assert code({"sql": "SELEC 1"}) == "sql_unparsable"
+    assert code({"sql": "SELECT $1"}) == "sql_params_mismatch"
+    assert code({"sql": "SELECT 1" + " " * 1024}) == "sql_too_large"
+    assert code({"sql": "SELECT 1", "database": "nope"}) == "unknown_database"
+    maria = {"database": "maria"}
+    assert code({"sql": "SET PASSWORD = PASSWORD('x')", **maria}) == "sql_role_refused"
+    assert code({"sql": "SET STATEMENT max_statement_time=0 FOR SELECT 1", **maria}) == (
+        "sql_session_refused"
+    )
+    assert code({"sql": "SELECT ?", "params": [float("nan")], **maria}) == "sql_bad_param"
+    assert ctx.reads == []
+
+
+def test_sql_text_no_database_can_take_refused() -> None:
+    with pytest.raises(ValidationError):
+        sql.SQLArgs.model_validate({"sql": "SELECT '\ud800'"})
+    ctx = FakeContext()
+    with pytest.raises(RequestRejected) as e:
+        _sql_tool().run(ctx, sql.SQLArgs(sql="SELECT $1", params=["\udfff"]))
+    assert e.value.code == "sql_bad_param" and ctx.reads == []
+
+
+def test_sql_statement_classes_per_role() -> None:
+    tool = _sql_tool(analyst=("read", "write"))
+    with pytest.raises(AssertionError, match="no backend"):  # passed the guard
+        tool.run(FakeContext(), sql.SQLArgs(sql="DELETE FROM items WHERE id = $1", params=[1]))
+    with pytest.raises(AccessDenied) as e:
+        tool.run(FakeContext("other"), sql.SQLArgs(sql="DELETE FROM items"))
+    assert e.value.code == "sql_write_refused"
+
+
+@pytest.mark.parametrize("classes", [("read", "role"), ("read", "other"), ("reed",)])
+def test_sql_statement_classes_validated_at_start(classes: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError, match=r"databases\.default\.statement_classes\.analyst"):
+        _sql_tool(analyst=classes)

@@ -237,9 +237,11 @@ def parse_url(url: str) -> Destination:
 def _host(name: str, *, bracketed: bool) -> str:
     if bracketed:
         try:
+            if "%" in name:  # a zone (scope) id names an interface, not a destination
+                raise ValueError(name)
             return str(ipaddress.IPv6Address(name))
         except ValueError:
-            raise _bad_url("not an IPv6 address") from None
+            raise _bad_url("not an IPv6 address (without a zone)") from None
     name = name.rstrip(".")
     labels = name.split(".")
     if not name or len(name) > 253 or not all(_LABEL_RE.fullmatch(x) for x in labels):

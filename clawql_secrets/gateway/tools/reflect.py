@@ -7,7 +7,7 @@ every form below of each secret, ASCII-case-insensitively (a superset of each ex
 form: more is redacted, never less):
 
 - raw, and UTF-16 (either byte order);
-- text escapes, up to two layers deep and in any mix: URL ``%HH`` (so also
+- text escapes, one or two layers of them in either order: URL ``%HH`` (so also
   ``%25HH``) and ``+`` for a space, JSON ``\\u00HH`` ``\\/`` ``\\"`` ``\\\\``, HTML
   ``&#NN;`` ``&#xHH;`` and the five named entities;
 - hex of the bytes, with ``\\x`` or ``0x`` per byte and short runs of spaces,
@@ -156,16 +156,19 @@ class _View:
         self.layers = [source]
         self._maps: list[_BackMap] | None = None
         for p in passes:
-            self.add(p)
+            self.passes.append(p)
+            self.layers.append(p.apply(self.layers[-1]))
 
     @property
     def text(self) -> bytes:
         return self.layers[-1]
 
-    def add(self, p: _Pass) -> None:
-        self.passes.append(p)
-        self.layers.append(p.apply(self.layers[-1]))
-        self._maps = None
+    def then(self, p: _Pass) -> _View:
+        """This view through one more pass (the earlier layers are shared)."""
+        view = _View(self.layers[0])
+        view.passes = [*self.passes, p]
+        view.layers = [*self.layers, p.apply(self.text)]
+        return view
 
     def source_span(self, start: int, end: int) -> tuple[int, int]:
         if self._maps is None:
@@ -288,16 +291,21 @@ class Redactor:
         # 1. raw and UTF-16: the lower-cased answer itself.
         for needle in (*self._text, *self._utf16):
             found += [(i, i + len(needle)) for i in _find_all(low, needle)]
-        # 2. text escapes: each kind present decoded in turn, twice; looked up after each.
-        view = _View(low)
+        # 2. text escapes: every sequence of up to two kinds of decoding (one kind
+        #    would destroy another's literal characters, so each order is its own view).
+        frontier = [_View(low)]
         for _ in range(_TEXT_ROUNDS):
-            for p, trigger in _TEXT_PASSES:
-                if trigger not in view.text:
-                    continue
-                view.add(p)
-                for needle in self._text:
-                    hits = _find_all(view.text, needle)
-                    found += [view.source_span(i, i + len(needle)) for i in hits]
+            deeper = []
+            for view in frontier:
+                for p, trigger in _TEXT_PASSES:
+                    if trigger not in view.text:
+                        continue
+                    seen = view.then(p)
+                    deeper.append(seen)
+                    for needle in self._text:
+                        hits = _find_all(seen.text, needle)
+                        found += [seen.source_span(i, i + len(needle)) for i in hits]
+            frontier = deeper
         # 3. hex.
         if self._hex:
             view = _View(low, _HEX_PASSES)

@@ -12,9 +12,9 @@ Per call, in this order:
      placeholders matching the parameters). Nothing is read from OpenBao and no
      connection is opened before all of it passed.
   2. run it in autocommit with a statement timeout the session cannot lift, the
-     extended query protocol (PostgreSQL) with ``$n`` parameters bound
-     server-side, ``standard_conforming_strings`` pinned on (the lexing the guard
-     assumed).
+     extended query protocol with ``$n`` parameters bound server-side, and
+     ``standard_conforming_strings=on`` and UTF-8 pinned per connection (the
+     lexing the guard assumed).
   3. stream the result in chunks; the row and byte limits stop the fetch, and
      what the server would still send is cancelled, never loaded.
 """
@@ -157,7 +157,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _encodable(value: Scalar) -> bool:
-    """False for a str with lone surrogates (JSON allows them; no database does)."""
+    """False for a str with lone surrogates: JSON allows them (pydantic refuses them in
+    ``sql`` but not inside the ``params`` union), no database takes them."""
     if not isinstance(value, str):
         return True
     try:
@@ -201,10 +202,8 @@ class SQLQueryTool:
     def run(self, ctx: ToolContext, args: SQLArgs) -> dict[str, Any]:
         # 1. Validate everything before any credential is read or connection opened.
         lim = self.limits
-        if not all(_encodable(v) for v in (args.sql, *args.params)):
-            raise RequestRejected(
-                "sql_bad_text", "the SQL text or a parameter is not valid Unicode text"
-            )
+        if not all(_encodable(v) for v in args.params):
+            raise RequestRejected("sql_bad_param", "a parameter is not valid Unicode text")
         if len(args.sql.encode()) > lim.max_sql_bytes:
             raise RequestRejected(
                 "sql_too_large", f"the SQL text exceeds {lim.max_sql_bytes} bytes", status=413
@@ -241,8 +240,9 @@ class SQLQueryTool:
 
     def _open_pool(self, ctx: ToolContext, target: PostgresTarget) -> PGPool:
         user, password = read_credential(ctx, target.mount, target.creds_role_template, "database")
-        # standard_conforming_strings: the string lexing pglast assumes (a server default
-        # of off would read backslashes in '…' differently from the guard).
+        # The lexing pglast assumes: standard_conforming_strings on (off would read
+        # backslashes in '…' differently) and UTF-8 (client-only encodings such as SJIS or
+        # GBK can hide a quote or backslash byte inside a character).
         options = f"-c statement_timeout={self._timeout_ms} -c standard_conforming_strings=on"
 
         def connect() -> psycopg.Connection[Any]:
@@ -256,6 +256,7 @@ class SQLQueryTool:
                 application_name="clawql-gateway",
                 sslmode="disable" if target.host.startswith("127.") else "require",
                 autocommit=True,
+                client_encoding="UTF8",
                 options=options,
             )
 
