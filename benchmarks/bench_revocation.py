@@ -203,7 +203,7 @@ def _measure(
         nonlocal pending_answers
         tenant = ("acme", "globex")[i % 2]
         jwt = session_issuer.issue(
-            issuer, tenant=tenant, agent=f"rv{trigger[0]}{i}", role=ANALYST, ttl=600,
+            issuer, tenant=tenant, agent=f"rv{trigger[0].lower()}{i}", role=ANALYST, ttl=600,
             audience=s.gateway_addr,
         )  # fmt: skip
         sess = _Session(url, jwt)
@@ -271,7 +271,7 @@ def _measure(
 
     def integrator(i: int, trigger: str) -> None:
         jwt = session_issuer.issue(
-            issuer, tenant="acme", agent=f"ri{trigger[0]}{i}", role=INTEGRATOR, ttl=600,
+            issuer, tenant="acme", agent=f"ri{trigger[0].lower()}{i}", role=INTEGRATOR, ttl=600,
             audience=s.gateway_addr,
         )  # fmt: skip
         good = {"url": target.url + "/", "client_cert": True}
@@ -289,8 +289,12 @@ def _measure(
             out: dict[str, float | None] = {}
 
             def next_call_refused() -> bool:
-                status, _ = prober.tool("http.request", good, ok=False)
-                return status in (401, 403)
+                status, doc = prober.tool("http.request", good, ok=False)
+                if status == 200:
+                    return False
+                if (doc or {}).get("error", {}).get("code") != "session_ended":
+                    raise RuntimeError(f"next call: HTTP {status} {doc}")
+                return True
 
             poller = threading.Thread(
                 target=lambda: out.__setitem__("cert", _until(next_call_refused, go, t0))
@@ -314,7 +318,7 @@ def _measure(
             seen = [
                 x
                 for x in target.seen
-                if any(f"/agents/ri{trigger[0]}{i}" in u for u in x.cert.uri_sans)
+                if any(f"/agents/ri{trigger[0].lower()}{i}" in u for u in x.cert.uri_sans)
             ]
             if seen:
                 last = max(seen, key=lambda x: x.cert.not_after)

@@ -24,6 +24,7 @@ MODULES = [
     "bench_shipper",
     "bench_provision",
     "bench_gateway",
+    "bench_revocation",
 ]
 OUT = Path("docs/benchmarks.md")
 _SECTION = re.compile(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->\n", re.DOTALL)

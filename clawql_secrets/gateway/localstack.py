@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 
 from clawql_secrets.cluster.layout import NODE_IDS, WORKLOAD_ISSUER_URL, StackSettings
-from clawql_secrets.gateway import exchange, session_issuer
+from clawql_secrets.gateway import exchange, session_issuer, sqlguard
 from clawql_secrets.gateway.anomaly import AnomalySettings, tenant_schemas_from_state
 from clawql_secrets.gateway.config import (
     DatabaseTarget,
@@ -105,9 +105,21 @@ def sql_targets(state: DesiredState) -> dict[str, DatabaseTarget]:
     out: dict[str, DatabaseTarget] = {}
     for db in state.databases:
         template = db_role_name("{agent_role}", "{tenant}", db.name)
+        # What each role's statements may be, from its grants: SELECT → read-only
+        # queries; INSERT/UPDATE/DELETE add writes; nothing else (sqlguard).
+        classes = {
+            r.name: tuple(sorted(sqlguard.classes_for_privileges(g.privileges)))
+            for r in state.roles
+            for g in r.databases
+            if g.connection == db.name
+        }
         if db.engine == "postgresql":
             out[db.name] = PostgresTarget(
-                host=db.host, port=db.port, dbname=db.database, creds_role_template=template
+                host=db.host,
+                port=db.port,
+                dbname=db.database,
+                creds_role_template=template,
+                statement_classes=classes,
             )
         else:
             # One database per tenant on MariaDB, named like the tenant's schema.
@@ -117,5 +129,6 @@ def sql_targets(state: DesiredState) -> dict[str, DatabaseTarget]:
                 port=db.port,
                 dbname="{tenant}",
                 creds_role_template=template,
+                statement_classes=classes,
             )
     return out

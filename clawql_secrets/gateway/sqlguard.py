@@ -30,7 +30,8 @@ Rules
         lock         LOCK TABLE(S)
         transaction  BEGIN/COMMIT/ROLLBACK/SAVEPOINT, SET TRANSACTION
         other        anything else, including what the parser only half-understood
-                     (VACUUM, NOTIFY, KILL, FLUSH, bare expressions)  (never grantable)
+                     (VACUUM, NOTIFY, KILL, FLUSH, PREPARE TRANSACTION, bare
+                     expressions)                                  (never grantable)
         write        INSERT/UPDATE/DELETE/MERGE/REPLACE, data-modifying CTEs,
                      SELECT … FOR UPDATE/SHARE (row locks need UPDATE rights in
                      PostgreSQL too), nextval/setval
@@ -38,6 +39,8 @@ Rules
                      MariaDB ``SET @var = …`` and ``SELECT … INTO @var``
 
      ``EXPLAIN`` takes the class of the statement it explains (``ANALYZE`` runs it).
+     MariaDB statements sqlglot keeps as an opaque ``Command`` are classed by their
+     leading keywords, and their calls read from a lexer that does not swallow them.
   4. Inside every class, even an allowed one, these are refused:
      - calls of functions that escape the statement or the session (anywhere in
        the tree, schema-qualified or not): PostgreSQL large objects (``lo_*``,
@@ -64,9 +67,12 @@ Rules
   6. MariaDB lexical pre-check, refused as unparsable: NUL characters, executable
      comments (``/*! … */``, ``/*M! … */``: MariaDB runs them, every parser skips them),
      and ``--`` followed by non-ASCII whitespace (a comment to sqlglot, code to
-     MariaDB). The tool pins ``sql_mode`` without ``NO_BACKSLASH_ESCAPES`` and
-     ``ANSI_QUOTES`` and PostgreSQL's ``standard_conforming_strings=on`` per
-     connection, the modes these parsers read strings in.
+     MariaDB). The tools pin, per connection, what these parsers assume: MariaDB
+     ``sql_mode`` without ``NO_BACKSLASH_ESCAPES``/``ANSI_QUOTES`` (and the modes that
+     imply them), PostgreSQL ``standard_conforming_strings=on`` and UTF-8.
+     ``tests/gateway/test_sql_tool_live.py`` checks the MariaDB side against the
+     server: behind every comment/quote opener x separator x closer we know of, no
+     text the guard accepts makes MariaDB run a call the guard did not see.
 
 Refusal codes (``code`` of the gateway error; messages name the class or function)
     sql_<class>_refused       403  e.g. ``sql_role_refused``: "statements of class

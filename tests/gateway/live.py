@@ -352,8 +352,9 @@ def backends_of(name: str) -> int:
 
 def seed_items(sh: Shipped, schemas: tuple[str, ...] = ("acme", "globex")) -> None:
     """Test data in the run's own database: ``<schema>.items``, 50 rows named after the
-    schema. Made before any session, so the example's grants (``ON ALL TABLES IN
-    SCHEMA``, at user creation) cover it."""
+    schema, owned by the engine's admin like the seeded tables. Made before any
+    session, so the example's grants (``ON ALL TABLES IN SCHEMA``, at user creation)
+    cover it."""
     with psycopg.connect(
         host="127.0.0.1", user="postgres", dbname=sh.pg_database, autocommit=True
     ) as c:
@@ -369,6 +370,10 @@ def seed_items(sh: Shipped, schemas: tuple[str, ...] = ("acme", "globex")) -> No
                     "INSERT INTO {} SELECT g, {} || g FROM generate_series(1, 50) g "
                     "ON CONFLICT DO NOTHING"
                 ).format(table, pgsql.Literal(f"{schema}-row-"))
+            )
+            # The engine's admin grants on it at user creation: it owns the schema's tables.
+            c.execute(
+                pgsql.SQL("ALTER TABLE {} OWNER TO {}").format(table, pgsql.Identifier(sh.admin))
             )
 
 

@@ -74,7 +74,6 @@ DATABASES = ("pg_main", "maria_main")
 # Per session and replica (module docstring): one anchor token, one token lease
 # and one credential lease per dynamic credential used.
 PER_SESSION = len(DATABASES)
-LOGIN_PREFIX = "auth/agents/login"
 LOAD_DEADLINE = 420.0  # seconds for the whole load; a stuck run fails, it does not hang
 
 
@@ -84,7 +83,7 @@ class Counts:
 
     tokens: int  # live tokens issued by the agents mount (accessor list)
     tokens_per_sid: dict[str, int]
-    token_leases: int  # sys/leases/lookup/auth/agents/login/
+    token_leases: int  # sys/leases/lookup/auth/<agents mount>/login/
     cred_leases: int  # sys/leases/lookup/database/creds/<role>/ (agents' roles)
 
     def describe(self) -> str:
@@ -105,7 +104,9 @@ def _list(client: OpenBaoClient, path: str, root: str) -> list[str]:
     return [str(k) for k in (resp.get("data") or {}).get("keys") or []]
 
 
-def count(client: OpenBaoClient, root: str) -> Counts:
+def count(client: OpenBaoClient, root: str, mount: str = "agents") -> Counts:
+    """Agent tokens and leases in OpenBao now: ``mount`` is the agents' JWT mount."""
+    login = f"auth/{mount}/login"
     per_sid: Counter[str] = Counter()
     tokens = 0
     for accessor in _list(client, "auth/token/accessors", root):
@@ -116,10 +117,10 @@ def count(client: OpenBaoClient, root: str) -> Counts:
                 continue
             raise
         data = info.get("data") or {}
-        if str(data.get("path", "")).startswith(LOGIN_PREFIX):
+        if str(data.get("path", "")).startswith(login):
             tokens += 1
             per_sid[str((data.get("meta") or {}).get("sid", ""))] += 1
-    token_leases = len(_list(client, f"sys/leases/lookup/{LOGIN_PREFIX}/", root))
+    token_leases = len(_list(client, f"sys/leases/lookup/{login}/", root))
     cred_leases = 0
     for role in _list(client, "sys/leases/lookup/database/creds/", root):
         cred_leases += len(_list(client, f"sys/leases/lookup/database/creds/{role}", root))
@@ -164,7 +165,7 @@ class Env:
         )
 
     def counts(self) -> Counts:
-        return count(self.bao, self.root)
+        return count(self.bao, self.root, self.shipped.state.exchange.mount)
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +286,7 @@ def test_counts_stay_per_session_and_drop_to_zero(env: Env) -> None:
         for t in threads:
             t.start()
         warm.wait()
+        started = time.monotonic()
         with done_lock:
             done += SESSIONS * len(DATABASES)
         # Sample while the calls run: once past EARLY calls, then as often as a count
@@ -302,6 +304,7 @@ def test_counts_stay_per_session_and_drop_to_zero(env: Env) -> None:
             t.join(timeout=max(1.0, deadline - time.monotonic()))
         assert not errors, errors[:3]
         assert done == per_session * SESSIONS, done
+        elapsed = time.monotonic() - started
         final = env.counts()  # every call made, every session still active
     finally:
         ended = []
@@ -340,7 +343,8 @@ def test_counts_stay_per_session_and_drop_to_zero(env: Env) -> None:
     assert (after.tokens, after.token_leases, after.cred_leases) == (0, 0, 0), after.describe()
     pending = sum(e["state"] != "ended" for e in ended)
     print(
-        f"\n{done} calls from {SESSIONS} sessions; samples (calls: counts): "
+        f"\n{done} calls from {SESSIONS} sessions ({elapsed:.0f} s after the warm-up); "
+        "samples (calls: counts): "
         + "; ".join(f"{n}: {x.describe()}" for n, x in samples[:: max(1, len(samples) // 6)])
         + f"; final {final.describe()}; after end {after.describe()}; "
         f"busy retries {sum(c.busy for c in clients)}; DELETEs answering pending {pending}"

@@ -503,7 +503,7 @@ def test_zz_canaries_never_leak(env: Env) -> None:
     assert "clawql_gateway_tool_calls_total" in haystacks["responses"]
 
 
-@pytest.mark.parametrize("i", range(12))
+@pytest.mark.parametrize("i", range(25))
 def test_tmp_loop(env: Env, i: int) -> None:
     import json as _j
 

@@ -495,6 +495,7 @@ def test_maria_ordinary_sql_works_and_the_timeout_holds(maria: DB) -> None:
     assert (err.code, err.status) == ("sql_error", 422)
     w = maria.session("writer")
     assert maria.run(w, "INSERT INTO items VALUES (?, ?)", 1000, "new")["row_count"] == 1
+    assert maria.run(w, "REPLACE INTO items VALUES (?, ?)", 1000, "newer")["row_count"] == 2
     assert maria.run(w, "DELETE FROM items WHERE id = ?", 1000)["row_count"] == 1
 
 

@@ -15,7 +15,7 @@ from clawql_secrets.errors import ConfigError
 from clawql_secrets.gateway.config import GatewayConfig, MariaDBTarget, PostgresTarget, SQLLimits
 from clawql_secrets.gateway.errors import AccessDenied, RequestRejected
 from clawql_secrets.gateway.jwt_check import SessionClaims
-from clawql_secrets.gateway.tools import aws, http, redis_cmd, sql
+from clawql_secrets.gateway.tools import aws, http, redis_cmd, reflect, sql
 from clawql_secrets.gateway.tools.pool import rows_result
 
 
@@ -81,11 +81,15 @@ def test_bad_urls_rejected(url: str) -> None:
     assert e.value.code == "bad_url"
 
 
-def test_needles_cover_raw_and_base64() -> None:
-    needles = http._needles(["tok-123456", "Bearer tok-123456", "ab"])
-    assert b"tok-123456" in needles and base64.b64encode(b"Bearer tok-123456") in needles
-    assert b"ab" not in needles
-    assert needles == sorted(needles, key=len, reverse=True)
+def test_redactor_covers_raw_and_base64() -> None:
+    """More forms and the echo server: tests/gateway/test_http_hardening.py."""
+    r = reflect.Redactor([b"tok-123456"])
+    for shown in (b"tok-123456", b"TOK-123456"):
+        assert r.redact(b"<" + shown + b">") == b"<[redacted]>"
+    # "Bearer " is no secret: its base64 stays, up to the characters that mix in the token.
+    assert r.redact(base64.b64encode(b"Bearer tok-123456")) == b"QmVhcmV[redacted]"
+    with pytest.raises(ValueError):
+        reflect.Redactor([b"ab"])
 
 
 def test_http_config_validated(tmp_path: Path) -> None:

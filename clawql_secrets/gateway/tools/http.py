@@ -36,7 +36,8 @@ What the agent may set, and how the answer comes back (issue 13):
   and a deny-list would have to know every such header. Those three may not be
   added to ``agent_headers`` either.
 - The answer: a ``gzip``/``deflate`` body is decoded here with its decoded size
-  bounded; any other content coding is refused (``502 http_bad_encoding``).
+  bounded, and its compressed length is not returned (a BREACH-style oracle on
+  the secret); any other content coding is refused (``502 http_bad_encoding``).
   The whole bounded body and every response header are redacted
   (``reflect.Redactor``: raw, URL/JSON/HTML-escaped, hex, base64 at every
   alignment, case-insensitively; and the certificate's private key); the cut at
@@ -275,8 +276,11 @@ def _pattern(pat: str) -> tuple[str, int]:
 
 
 def _allowed(host: str, port: int, patterns: list[str]) -> bool:
-    for pat in patterns:
-        p_host, p_port = _pattern(pat)
+    return _matches(host, port, [_pattern(p) for p in patterns])
+
+
+def _matches(host: str, port: int, patterns: list[tuple[str, int]]) -> bool:
+    for p_host, p_port in patterns:
         if p_port != port:
             continue
         if p_host.startswith("*."):
@@ -364,11 +368,13 @@ class HTTPRequestTool:
     def __init__(self, settings: HTTPSettings) -> None:
         self.settings = settings
         self._with_secret: dict[str, frozenset[str]] = {}
+        self._allow: dict[str, list[tuple[str, int]]] = {}
         for role, pol in settings.roles.items():
             where = f"tools.{NAME}.roles.{role}"
+            self._allow[role] = []
             for pat in pol.allow:
                 try:
-                    _pattern(pat)
+                    self._allow[role].append(_pattern(pat))
                 except RequestRejected:
                     raise ConfigError(
                         f"{where}: destination {pat!r} is not https://host[:port]"
@@ -397,7 +403,7 @@ class HTTPRequestTool:
             raise AccessDenied("http_not_allowed", "this agent role may not make HTTP requests")
         # 1. Every argument, before anything is read or issued.
         dest = parse_url(args.url)
-        if not _allowed(dest.host, dest.port, policy.allow):
+        if not _matches(dest.host, dest.port, self._allow[c.agent_role]):
             raise AccessDenied(
                 "destination_not_allowed", f"{dest.host}:{dest.port} is not an allowed destination"
             )
@@ -427,15 +433,15 @@ class HTTPRequestTool:
                     "this gateway cannot issue certificates (no ToolContext.write_secret)",
                     status=501,
                 )
-        around = _check_injection(inj, policy) if inj is not None else None
+        prefix, suffix = _check_injection(inj, policy) if inj is not None else ("", "")
 
         # 2. The credentials.
         secrets_out: list[bytes] = []
         key_pem = b""
         try:
-            if inj is not None and around is not None:
+            if inj is not None:
                 value = self._read_injected(ctx, inj)
-                headers[inj.header] = around[0] + value + around[1]
+                headers[inj.header] = prefix + value + suffix
                 secrets_out.append(value.encode())
             cert_pem = b""
             if write is not None:
@@ -462,14 +468,12 @@ class HTTPRequestTool:
             raise RequestRejected(
                 "secret_not_a_header",
                 "the secret cannot go in a header (visible ASCII, spaces inside only)",
-                status=422,
             )
         if len(value) < MIN_SECRET_BYTES:
             raise RequestRejected(
                 "secret_too_short",
                 f"secrets shorter than {MIN_SECRET_BYTES} characters are not injected: "
                 "they could not be told apart from ordinary text in the answer",
-                status=422,
             )
         return value
 
@@ -532,7 +536,8 @@ class HTTPRequestTool:
                 ) as client,
                 client.stream(method, dest.url, headers=sent, content=body) as resp,
             ):
-                decoder = BoundedDecoder(coding_of(resp.headers.get_list("content-encoding")), want)
+                coding = coding_of(resp.headers.get_list("content-encoding"))
+                decoder = BoundedDecoder(coding, want)
                 raw_read = 0
                 for chunk in resp.iter_raw():
                     raw_read += len(chunk)
@@ -569,10 +574,13 @@ class HTTPRequestTool:
             text, encoding = out.decode(), "utf-8"
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(out).decode(), "base64"
+        # A compressed answer's length says how well the secret compressed next to
+        # what the agent had reflected with it (BREACH): it is not returned.
+        dropped = {b"set-cookie"} | ({b"content-length", b"content-encoding"} if coding else set())
         out_headers = [
             [_header_text(redactor, k).lower(), _header_text(redactor, v)]
             for k, v in raw_headers
-            if k.lower() != b"set-cookie"
+            if k.lower() not in dropped
         ]
         return {
             "status": status,
