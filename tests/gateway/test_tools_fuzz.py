@@ -213,7 +213,7 @@ class RedisContext(RecordingContext):
 
 _REDIS_ARG = _mostly(
     st.text(max_size=12) | st.integers() | st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from(["\ud800", float("nan"), float("inf"), "GET\r\n"])
+    st.sampled_from(["\ud800", float("nan"), float("inf"), "GET\r\n", 10**5000, -(2**64)])
     | st.booleans()
     | st.none()
     | st.binary(max_size=4),
@@ -308,7 +308,7 @@ def aws_tool(moto_url: str) -> aws.AWSTool:
 _JSONISH = st.recursive(
     _mostly(
         st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=10),
-        st.floats() | st.just("\ud800") | st.integers(-(2**70), 2**70),
+        st.floats() | st.sampled_from(["\ud800", 10**5000]) | st.integers(-(2**70), 2**70),
     ),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
     max_leaves=6,

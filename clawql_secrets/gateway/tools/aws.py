@@ -107,8 +107,9 @@ class AWSSettings(_Strict):
 
 
 def check_params(params: Any) -> None:
-    """``ValueError`` unless ``params`` is JSON values only (no NaN or infinity, text
-    UTF-8 can encode), at most ``MAX_PARAM_DEPTH`` deep and ``MAX_PARAM_VALUES`` values.
+    """``ValueError`` unless ``params`` is JSON values only (64-bit integers, finite
+    numbers, text UTF-8 can encode), at most ``MAX_PARAM_DEPTH`` deep and
+    ``MAX_PARAM_VALUES`` values.
     Iterative: a value nested 20,000 deep is refused, not a recursion error."""
     stack: list[tuple[Any, int]] = [(params, 0)]
     count = 0
@@ -119,8 +120,11 @@ def check_params(params: Any) -> None:
             raise ValueError(f"params hold more than {MAX_PARAM_VALUES} values")
         if depth > MAX_PARAM_DEPTH:
             raise ValueError(f"params are nested more than {MAX_PARAM_DEPTH} deep")
-        if value is None or isinstance(value, bool | int):
+        if value is None or isinstance(value, bool):
             continue
+        if isinstance(value, int):
+            if not -(2**63) <= value < 2**64:
+                raise ValueError("params integers must fit in 64 bits")
         if isinstance(value, float):
             if not math.isfinite(value):
                 raise ValueError("params numbers must be finite")

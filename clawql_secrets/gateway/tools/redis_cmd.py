@@ -182,6 +182,8 @@ class RedisArgs(_Strict):
         for a in command:
             if isinstance(a, float) and not math.isfinite(a):
                 raise ValueError("numbers must be finite")
+            if isinstance(a, int) and not -(2**63) <= a < 2**64:
+                raise ValueError("integers must fit in 64 bits")
             if isinstance(a, str) and not a.isascii():
                 try:
                     a.encode()

@@ -10,12 +10,13 @@ form: more is redacted, never less):
 - text escapes, one or two layers of them in either order: URL ``%HH`` (so also
   ``%25HH``) and ``+`` for a space, JSON ``\\u00HH`` ``\\/`` ``\\"`` ``\\\\``, HTML
   ``&#NN;`` ``&#xHH;`` and the five named entities;
-- hex of the bytes, with ``\\x`` or ``0x`` per byte and short runs of spaces,
-  ``: , . -`` or escaped line breaks between bytes;
+- hex of the bytes, with ``\\x`` or ``0x`` per byte and spaces, ``: , . -`` or
+  escaped line breaks between bytes;
 - base64 and base64url at each of the three alignments the secret can have inside
-  a longer base64 stream (offset 0, 1, 2 mod 3), with short runs of line breaks,
-  ``+ / =`` URL-escaped and ``/`` JSON-escaped. The characters next to a base64
-  match, which mix secret bits with neighbouring ones, go with it;
+  a longer base64 stream (offset 0, 1, 2 mod 3), with line breaks (also escaped)
+  between characters, ``+ / =`` URL-escaped and ``/`` JSON-escaped. The
+  characters next to a base64 match, which mix secret bits with neighbouring
+  ones, go with it;
 - a private key: its PEM base64 body, in 64-character pieces (as base64 above).
 
 How: each family has a *view* of the answer (lower-cased, escapes decoded, gaps
@@ -48,7 +49,10 @@ REDACTED = b"[redacted]"
 MIN_SECRET_BYTES = 8
 """Shorter values cannot be redacted without redacting ordinary text too."""
 
-_GAP_RUN = 16  # longest run of separators removed between two characters of a form
+# Separators between two characters of a hex or base64 form are removed however
+# many there are, but ``max_match`` (what a caller reads past its cut) counts at
+# most this many: a form spread wider is found only when it is whole anyway.
+_GAP_RUN = 16
 _ESCAPE_MAX = 9  # longest text escape of one character (``&#x00041;``)
 _WIDEN = 3  # base64 characters next to a match that still carry secret bits
 _B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_")
