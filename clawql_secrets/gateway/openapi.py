@@ -29,6 +29,7 @@ ERROR_CODES = [
     "token_expired",
     "token_not_yet_valid",
     "token_lifetime_too_long",
+    "jwks_invalid",
     "session_ended",
     "session_expired",
     # who may do what (403)

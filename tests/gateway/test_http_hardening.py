@@ -562,6 +562,7 @@ def test_regression_bad_url_is_bad_url(url: str) -> None:
         ("https://X.Example./p?q=1#frag", "x.example", 443, "https://x.example./p?q=1"),
         ("https://127.0.0.1:8443/", "127.0.0.1", 8443, "https://127.0.0.1:8443/"),
         ("https://[::1]:9/x", "::1", 9, "https://[::1]:9/x"),
+        ("https://xn--nxasmq6b.example/", "xn--nxasmq6b.example", 443, None),
         ("https://x.example/%2F%41?a=%20&b=c+d", "x.example", 443, None),
     ],
 )

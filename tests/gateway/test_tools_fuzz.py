@@ -423,3 +423,64 @@ def test_aws_credentials_only_when_a_request_is_signed(echo: Echo, moto_url: str
 def test_injected_secret_fixture_is_used() -> None:
     """The fuzz's injected secret is long enough to be redacted (guards the fixtures)."""
     assert len(SECRET) >= reflect.MIN_SECRET_BYTES and INJECT["header"] == "X-Api-Key"
+
+
+# -- named cases ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("params", "ok"),
+    [
+        ({"Bucket": "b", "MaxKeys": 5, "Flag": True, "N": None, "F": 1.5, "L": [1, "a"]}, True),
+        ({"Bucket": _deep(20_000)}, False),  # nested 20,000 deep: refused, not a RecursionError
+        ({"Bucket": _deep(33)}, False),
+        ({"MaxKeys": float("nan")}, False),
+        ({"MaxKeys": 2**64}, False),
+        ({"Key": "a\ud800"}, False),
+        ({"Key": b"bytes"}, False),
+        ({"Key": {1: "x"}}, False),
+        ({"Key": [0] * 100_001}, False),
+    ],
+)
+def test_aws_params_grammar(params: dict[str, Any], ok: bool) -> None:
+    if ok:
+        aws.check_params(params)
+    else:
+        with pytest.raises(ValueError):
+            aws.check_params(params)
+        with pytest.raises(ValidationError):
+            aws.AWSArgs.model_validate({"service": "s3", "operation": "get_object", **params})
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (["\u017fet", "k", "v"], "command_not_allowed"),  # long s: its upper() is SET
+        ([" GET", "k"], "command_not_allowed"),
+        (["GET\r\n", "k"], "command_not_allowed"),
+        ([5, "k"], "command_not_allowed"),
+        (["GET", "k" * 100], "command_too_large"),
+        (["GET"] + ["k"] * 65, "too_many_args"),
+    ],
+)
+def test_redis_refusals_before_the_session_user(
+    echo: Echo,  # noqa: F811
+    command: list[Any],
+    code: str,
+) -> None:
+    tool = redis_cmd.RedisCommandTool(
+        redis_cmd.RedisSettings.model_validate(
+            {"instances": {"default": {"host": "127.0.0.1"}}, "max_arg_bytes": 64}
+        )
+    )
+    ctx = RedisContext(echo.ca)
+    with pytest.raises((RequestRejected, AccessDenied)) as e:
+        tool.run(ctx, redis_cmd.RedisArgs.model_validate({"command": command}))
+    assert getattr(e.value, "code", None) == code and ctx.resources == []
+
+
+def test_redis_checked_verb_is_the_one_sent(echo: Echo) -> None:  # noqa: F811
+    tool = redis_cmd.RedisCommandTool(
+        redis_cmd.RedisSettings.model_validate({"instances": {"default": {"host": "127.0.0.1"}}})
+    )
+    ctx = RedisContext(echo.ca)
+    reply = tool.run(ctx, redis_cmd.RedisArgs.model_validate({"command": ["get", "k", 1]}))
+    assert reply == {"reply": ["OK", "[redacted]", FakeRedisSession.user, "GET", "k", "1"]}

@@ -109,8 +109,8 @@ class AWSSettings(_Strict):
 def check_params(params: Any) -> None:
     """``ValueError`` unless ``params`` is JSON values only (64-bit integers, finite
     numbers, text UTF-8 can encode), at most ``MAX_PARAM_DEPTH`` deep and
-    ``MAX_PARAM_VALUES`` values.
-    Iterative: a value nested 20,000 deep is refused, not a recursion error."""
+    ``MAX_PARAM_VALUES`` values. Iterative: a value nested 20,000 deep is refused,
+    not a recursion error."""
     stack: list[tuple[Any, int]] = [(params, 0)]
     count = 0
     while stack:
@@ -125,7 +125,7 @@ def check_params(params: Any) -> None:
         if isinstance(value, int):
             if not -(2**63) <= value < 2**64:
                 raise ValueError("params integers must fit in 64 bits")
-        if isinstance(value, float):
+        elif isinstance(value, float):
             if not math.isfinite(value):
                 raise ValueError("params numbers must be finite")
         elif isinstance(value, str):

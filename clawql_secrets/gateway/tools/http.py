@@ -227,7 +227,7 @@ def parse_url(url: str) -> Destination:
     # 2. httpx, which sends the request, must read the same destination.
     try:
         parsed = httpx.URL(url)
-        seen = _host(parsed.host, bracketed=bracketed)
+        seen = _host(parsed.raw_host.decode("ascii"), bracketed=bracketed)  # IDNA: A-labels
     except (httpx.InvalidURL, RequestRejected, ValueError):
         raise _bad_url("it cannot be parsed") from None
     if (parsed.scheme, seen, 443 if parsed.port is None else parsed.port) != ("https", host, port):
