@@ -374,6 +374,9 @@ def _report(
         [
             "## Revocation latency",
             "",
+            "`.venv/bin/python -m benchmarks.run bench_revocation`"
+            " (`benchmarks/bench_revocation.py`).",
+            "",
             "From the moment the request that ends a session is sent (`DELETE /v1/sessions/{sid}`",
             "with the session's JWT, or the call that trips an anomaly rule) to each of the",
             "session's credentials being useless, on the shipped configuration, one gateway",

@@ -304,6 +304,7 @@ class Gateway:
         self._local_lock = threading.Lock()
         # Ended sessions whose revocation failed: when to retry, and the last delay.
         self._retry_at: dict[str, tuple[float, float]] = {}
+        self._ending: set[str] = set()
         self.anomaly = Detector(config.anomaly)
         x = config.exchange
         self.signer = ExchangeSigner.from_file(
@@ -411,8 +412,8 @@ class Gateway:
         if (
             meta.get("tenant") != claims.tenant
             or meta.get("agent_role") != claims.agent_role
-            or meta.get("sid") != claims.sid
             or meta.get("actor") != x.actor
+            or (anchor and meta.get("sid") != claims.sid)  # mapped on the anchor role only
         ):
             token.drop()
             self.metrics.exchanges.labels("mismatch").inc()
@@ -657,6 +658,15 @@ class Gateway:
     def end_session(self, sid: str, *, exp: int, reason: str) -> dict[str, Any]:
         """End ``sid`` everywhere: state first, then every lease, then local resources."""
         started = time.perf_counter()
+        with self._local_lock:
+            self._ending.add(sid)
+        try:
+            return self._end_session(sid, exp, reason, started)
+        finally:
+            with self._local_lock:
+                self._ending.discard(sid)
+
+    def _end_session(self, sid: str, exp: int, reason: str, started: float) -> dict[str, Any]:
         result = self.registry.end(sid, exp, reason)
         self._drop_local(sid)
         revoked = self.revoke_leases(sid, list(result.leases)) if result.leases else 0
@@ -696,26 +706,43 @@ class Gateway:
             # anchor tokens, whose revocation takes any lease the registry missed.
             for lease in sorted(lease_ids, key=lambda e: e.startswith(ACCESSOR_PREFIX)):
                 try:
-                    if lease.startswith(ACCESSOR_PREFIX):
-                        self.bao.write(
-                            "auth/token/revoke-accessor",
-                            {"accessor": lease[len(ACCESSOR_PREFIX) :]},
-                            token=token.reveal(),
-                        )
-                    else:
-                        self.bao.write(
-                            "sys/leases/revoke", {"lease_id": lease}, token=token.reveal()
-                        )
+                    self._revoke_one(lease, token)
                 except OpenBaoError as exc:
-                    self.metrics.revoke_failures.labels("openbao").inc()
-                    log.warning("lease revoke failed sid=%s status=%s", sid, exc.status)
-                    continue
+                    if exc.status == 400 and self._already_gone(lease, token):
+                        pass  # another replica or the sweeper revoked it meanwhile
+                    else:
+                        self.metrics.revoke_failures.labels("openbao").inc()
+                        log.warning("lease revoke failed sid=%s status=%s", sid, exc.status)
+                        continue
                 self.registry.lease_revoked(sid, lease)
                 self.metrics.leases_revoked.inc()
                 done += 1
         finally:
             self._gateway_logout(token)
         return done
+
+    def _revoke_one(self, entry: str, token: _Token) -> None:
+        if entry.startswith(ACCESSOR_PREFIX):
+            self.bao.write(
+                "auth/token/revoke-accessor",
+                {"accessor": entry[len(ACCESSOR_PREFIX) :]},
+                token=token.reveal(),
+            )
+        else:
+            self.bao.write("sys/leases/revoke", {"lease_id": entry}, token=token.reveal())
+
+    def _already_gone(self, entry: str, token: _Token) -> bool:
+        """After a 400 on a revocation: is the token or lease gone anyway? (Two replicas,
+        or a DELETE and the sweeper, revoking at once: the second one gets a 400.)"""
+        if entry.startswith(ACCESSOR_PREFIX):
+            path, body = "auth/token/lookup-accessor", {"accessor": entry[len(ACCESSOR_PREFIX) :]}
+        else:
+            path, body = "sys/leases/lookup", {"lease_id": entry}
+        try:
+            self.bao.write(path, body, token=token.reveal())
+        except OpenBaoError as exc:
+            return exc.status == 400  # "invalid accessor" / "invalid lease": gone
+        return False
 
     def _gateway_logout(self, token: _Token) -> None:
         """Revoke a ``_gateway_login`` token (best effort: it is short-lived) and drop it."""
@@ -764,7 +791,9 @@ class Gateway:
         mono = self.clock()
         for sid in self.registry.pending():
             due, delay = self._retry_at.get(sid, (0.0, _RETRY_FIRST / 2))
-            if mono < due:
+            with self._local_lock:
+                busy = sid in self._ending  # this replica's DELETE is revoking it now
+            if mono < due or busy:
                 continue
             leases = self.registry.leases(sid)
             if not leases:  # its lease set expired with the record: nothing left to revoke

@@ -30,15 +30,18 @@ PKI_ROOT = "pki"
 PKI_INT = "pki_int"
 # Every role on the mount maps the same claims: alias metadata is last-login-wins,
 # so one role without a mapping would wipe ``tenant`` for every token of the entity.
-# The session id and the acting gateway ride along so that the token's metadata, and
-# so every audit entry of the call, names both the agent and the gateway.
+# The acting gateway rides along so that the token's metadata, and so every audit
+# entry of the call, names both the agent and the gateway. The session id is mapped
+# on the anchor role only (SESSION_CLAIM_MAPPINGS): alias metadata is stored on the
+# entity, so a per-call value would cost a raft write per call whenever one agent has
+# two sessions at once; templates read tenant and agent only.
 CLAIM_MAPPINGS = {
     "tenant": "tenant",
     "agent": "agent",
     "agent_role": "agent_role",
-    "sid": "sid",
     "/act/sub": "actor",
 }
+SESSION_CLAIM_MAPPINGS = {**CLAIM_MAPPINGS, "sid": "sid"}
 
 # Creation order; deletes run in reverse.
 ORDER = (
@@ -431,6 +434,7 @@ def jwt_roles(state: DesiredState, role: AgentRole) -> dict[str, dict[str, Any]]
     }
     anchor = {
         **common,
+        "claim_mappings": dict(SESSION_CLAIM_MAPPINGS),
         "token_type": "service",
         "token_ttl": min(x.anchor_ttl, role.max_session),
         "token_max_ttl": role.max_session,

@@ -430,13 +430,3 @@ def captured_logs() -> Iterator[LogCapture]:
     finally:
         root.removeHandler(cap)
         root.setLevel(old)
-
-
-def scoped_anomaly(sh: Shipped) -> dict[str, Any]:
-    """The shipped anomaly settings with each tenant's schemas (``tenant_schemas``), as
-    the desired state declares them: what the ``out_of_scope`` rule reads."""
-    from clawql_secrets.gateway.anomaly import tenant_schemas_from_state
-
-    raw = sh.gateway_config().anomaly.model_dump(mode="json")
-    raw["tenant_schemas"] = tenant_schemas_from_state(sh.state)
-    return raw

@@ -1,14 +1,19 @@
-"""The ``http.request`` and ``redis.command`` tools against the real thing.
+"""The ``http.request``, ``redis.command``, ``cloud.aws`` and MariaDB ``sql.query`` tools
+against the real thing.
 
-One 3-node OpenBao cluster, one in-process gateway replica (its OpenBao
+OpenBao is configured as ``up`` configures it (``tests.shipped``), from the example
+with two edits a test needs: role ``integrator`` may also call ``cloud.aws`` (its
+``cloud_role`` is the example's ``aws_readonly``), and a role ``cacher`` (both
+tenants) may call ``redis.command``. One in-process gateway replica (its OpenBao
 traffic recorded for the canaries), a local HTTPS server that requires client
-certificates from OpenBao's intermediate CA, and the local Redis with an
-OpenBao redis-database-plugin connection whose admin user this module creates
-and removes.
+certificates from OpenBao's intermediate CA, the local Redis, MariaDB and a moto
+STS/S3.
 
-``ToolContext.write_secret`` (needed for ``pki_int/issue``) is not in core yet:
-this module adds a test-only implementation to ``core._Context`` for its
-duration, mirroring ``read_secret`` (see the report / ADR follow-up).
+The desired state has no Redis engine: ``_redis_engine`` below is the one piece of
+OpenBao configuration this module writes itself — as the provisioner, the
+connection and one dynamic role per tenant (``<tenant>-cacher-redis``, named as the
+provisioner names roles), and through the same four-eyes flow as ``up``, the
+``agent-cacher`` policy extended by that one creds path.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 import httpx
 import jwt as pyjwt
+import pymysql
 import pytest
 import redis
 from cryptography import x509
@@ -35,19 +41,43 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from clawql_secrets.cluster import stack
+from clawql_secrets.cluster import bootstrap, stack
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.gateway import session_issuer
+from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.issuer import LocalIssuer
+from clawql_secrets.policy import generate
+from clawql_secrets.provision.agent_secrets import AgentSecretRef, put_on_stack
+from clawql_secrets.provision.render import DB_MOUNT, db_role_name, tpl
+from tests import shipped
+from tests.agent_login import agent_login
 from tests.audit.moto_server import MotoS3
-from tests.gateway import live, openbao_setup
+from tests.gateway import live
 
 pytestmark = [pytest.mark.cluster, pytest.mark.gateway]
 
-ROLE = "analyst"
+HTTP_ROLE, CACHE_ROLE, SQL_ROLE = "integrator", "cacher", "analyst"
+MARIA = "maria_main"
+SECRET = "github_token"
 AWS_ROLE_ARN = "arn:aws:iam::123456789012:role/clawql-{tenant}-{agent_role}"
+CLOUD_ROLE = "aws_readonly"  # examples/clawql.yaml: integrator's cloud_role
+STS_AUDIENCE = "sts.amazonaws.com"
+AGENT_SAN = "spiffe://clawql/tenants/{tenant}/agents/{agent}"  # integrator's cert_sans
 TENANTS = ("acme", "globex")
+REDIS_CONNECTION = "redis"
+CACHER = f"""  - name: {CACHE_ROLE}
+    tenants: [acme, globex]
+    tools: [redis.command]
+"""
+
+
+def _edit(text: str) -> str:
+    """The example, with ``cloud.aws`` for integrator and the ``cacher`` role."""
+    tools = "    tools: [http.request]\n"
+    assert text.count(tools) == 1 and text.count("\nroles:\n") == 1
+    text = text.replace(tools, "    tools: [http.request, cloud.aws]\n")
+    return text.replace("\nroles:\n", "\nroles:\n" + CACHER)
 
 
 # -- a local HTTPS server that wants client certs from pki_int ----------------------------
@@ -104,7 +134,7 @@ def start_https(d: Path, client_ca_pem: str) -> tuple[ThreadingHTTPServer, Path,
         def do_GET(self) -> None:
             peer = self.connection.getpeercert()
             uris = [v for k, v in (peer or {}).get("subjectAltName", ()) if k == "URI"]
-            api_key = self.headers.get("X-Api-Key")
+            api_key = self.headers.get("Authorization")
             seen.requests.append({"path": self.path, "uris": uris, "api_key": api_key})
             if self.path == "/big":
                 body = b"x" * 300_000
@@ -136,7 +166,8 @@ def start_https(d: Path, client_ca_pem: str) -> tuple[ThreadingHTTPServer, Path,
 # -- the environment ----------------------------------------------------------------------
 @dataclass
 class Env:
-    settings: StackSettings
+    sh: shipped.Shipped
+    cfg: GatewayConfig
     sessions: LocalIssuer
     a: live.InProcessReplica
     agent: live.Agent
@@ -145,12 +176,21 @@ class Env:
     https_port: int
     seen: Seen
     kv_values: dict[str, str]
-    maria: openbao_setup.MariaFixture
     moto: MotoS3
-    oidc_issuer: str
 
-    def jwt(self, tenant: str = "acme", agent: str = "bot", role: str = ROLE) -> str:
-        return session_issuer.issue(self.sessions, tenant=tenant, agent=agent, role=role, ttl=600)
+    @property
+    def settings(self) -> StackSettings:
+        return self.sh.settings
+
+    def jwt(self, tenant: str = "acme", agent: str = "bot", role: str = HTTP_ROLE) -> str:
+        return session_issuer.issue(
+            self.sessions,
+            tenant=tenant,
+            agent=agent,
+            role=role,
+            ttl=600,
+            audience=self.cfg.sessions.audience,
+        )
 
     def call(self, jwt: str, tool: str, args: dict[str, Any]) -> Any:
         return self.agent.call(self.a.url, jwt, tool, args)
@@ -158,55 +198,136 @@ class Env:
     def url(self, path: str, host: str = "localhost") -> str:
         return f"https://{host}:{self.https_port}{path}"
 
+    def end(self, jwt: str) -> None:
+        """DELETE the session: its credential's lease and its anchor token are revoked
+        (by this call, or by a sweeper racing it: see test_live_gateway._end)."""
+        r = self.agent.send("DELETE", f"{self.a.url}/v1/sessions/{live.sid(jwt)}", jwt)
+        assert r.status_code == 200, r.text
+        assert r.json()["leases_revoked"] + r.json()["revocation_pending"] == 2, r.text
 
-def _gateway_config(
-    d: Path,
-    s: StackSettings,
-    port: int,
-    prefix: str,
-    https_ca: Path,
-    https_port: int,
-    maria: openbao_setup.MariaFixture,
-    moto_url: str,
-) -> Any:
-    return {
-        "host": "127.0.0.1",
-        "port": port,
-        "openbao": {
-            "addrs": [s.api_addr(n) for n in NODE_IDS],
-            "ca_file": str(s.node_ca_dir / "ca.pem"),
-            "retry_for": 5,
-        },
-        "sessions": {"jwks_file": str(d / "sessions-issuer" / "jwks.json")},
-        "identity": {"local_issuer_dir": str(s.issuer_dir), "local_issuer_url": stack.ISSUER_URL},
-        "registry": {"redis_url": "redis://127.0.0.1:6379/0", "prefix": prefix},
-        "sweep_interval": 0.3,
-        "sql": {"statement_timeout_ms": 300, "max_rows": 20},
-        "databases": {
-            "maria": {
-                "kind": "mariadb",
-                "host": "127.0.0.1",
-                "dbname": f"clawql_gw_{maria.run_id}_{{tenant}}",
-                "creds_role_template": "maria-{agent_role}-{tenant}",
-            }
-        },
-        "tools": {
-            "http.request": {
-                "ca_file": str(https_ca),
-                "max_response_bytes": 100_000,
-                "roles": {
-                    ROLE: {
-                        "allow": [f"https://localhost:{https_port}"],
-                        "client_cert": True,
-                        "inject_headers": ["X-Api-Key"],
-                    }
+
+def _redis_engine(sh: shipped.Shipped, admin: tuple[str, str]) -> None:
+    """OpenBao's Redis engine for role ``cacher``: what ``provision apply`` cannot express
+    yet (the desired state has no redis engine), written the way it writes the rest.
+
+    As the provisioner: a redis-database-plugin connection (its admin password rotated
+    away at once) and one dynamic role per tenant, confined to ``t:<tenant>:*`` keys.
+    As ``up`` does for policies: ``agent-cacher`` (generated from the state) plus read
+    on ``database/creds/<tenant of the caller>-cacher-redis``, proposed, approved by
+    two people, applied and bound by the approval controller.
+    """
+    s = sh.settings
+    issuer = LocalIssuer.load(s.issuer_dir, stack.ISSUER_URL)
+    roles = {t: db_role_name(CACHE_ROLE, t, REDIS_CONNECTION) for t in TENANTS}
+    with stack.client_for(s, retry_for=20) as client:
+        prov = bootstrap.login(client, issuer, bootstrap.PROVISIONER)
+        try:
+            user, password = admin
+            client.write(
+                f"{DB_MOUNT}/config/{REDIS_CONNECTION}",
+                {
+                    "plugin_name": "redis-database-plugin",
+                    "host": "127.0.0.1",
+                    "port": 6379,
+                    "username": user,
+                    "password": password,
+                    "allowed_roles": sorted(roles.values()),
+                    "verify_connection": True,
                 },
+                token=prov,
+            )
+            client.write(f"{DB_MOUNT}/rotate-root/{REDIS_CONNECTION}", {}, token=prov)
+            for tenant, name in roles.items():
+                client.write(
+                    f"{DB_MOUNT}/roles/{name}",
+                    {
+                        "db_name": REDIS_CONNECTION,
+                        "creation_statements": [f"~t:{tenant}:*", "+@read", "+@write"],
+                        "default_ttl": "15m",
+                        "max_ttl": "1h",
+                    },
+                    token=prov,
+                )
+        finally:
+            client.request("POST", "auth/token/revoke-self", token=prov, retry_for=2)
+    accessor = sh.agents_accessor()
+    role = next(r for r in sh.state.roles if r.name == CACHE_ROLE)
+    creds = (
+        f"{DB_MOUNT}/creds/{db_role_name(CACHE_ROLE, tpl(accessor, 'tenant'), REDIS_CONNECTION)}"
+    )
+    hcl = generate.policy_for(sh.state, role, accessor)
+    hcl += f'\npath "{creds}" {{\n  capabilities = ["read"]\n}}\n'
+    sh.approve_policies({role.policy_name: hcl}, "live test: redis engine for cacher")
+
+
+def _ca_pem(s: StackSettings, path: str) -> str:
+    ca = ssl.create_default_context(cafile=str(s.node_ca_dir / "ca.pem"))
+    r = httpx.get(f"{s.api_addr(NODE_IDS[0])}/v1/{path}", verify=ca)
+    r.raise_for_status()
+    return r.text.strip() + "\n"
+
+
+@pytest.fixture(scope="module")
+def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    s = live_stack
+    d = tmp_path_factory.mktemp("gwtools")
+    canaries = live.Canaries()
+    redis_admin = f"clawql-bao-admin-{secrets.token_hex(4)}"
+    redis_pw = secrets.token_urlsafe(24)
+    canaries.add(redis_pw)
+    with contextlib.ExitStack() as cleanup:
+        logs = cleanup.enter_context(live.captured_logs())
+        r = cleanup.enter_context(contextlib.closing(redis.Redis(host="127.0.0.1", port=6379)))
+        r.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", redis_admin, "on", f">{redis_pw}", "~*", "&*", "+@all"
+        )
+        cleanup.callback(r.execute_command, "ACL", "DELUSER", redis_admin)
+        sh = cleanup.enter_context(shipped.provisioned(s, d, edit=_edit))
+        cleanup.callback(_drop_session_users, canaries)
+        _redis_engine(sh, (redis_admin, redis_pw))
+        kv_values = {}
+        for t in TENANTS:  # globex has no integrator: its value must stay out of reach
+            kv_values[t] = f"{t}-token-{secrets.token_urlsafe(24)}"
+            put_on_stack(s, AgentSecretRef(t, "bot", SECRET), kv_values[t])
+            canaries.add(kv_values[t])
+        moto = MotoS3()
+        moto.start()
+        cleanup.callback(moto.stop)
+        ca_bundle = _ca_pem(s, "pki/ca/pem") + _ca_pem(s, "pki_int/ca/pem")
+        srv, https_ca, seen = start_https(d, ca_bundle)
+        cleanup.callback(srv.server_close)
+        cleanup.callback(srv.shutdown)
+        https_port = srv.server_address[1]
+        shipped_http = sh.gateway_config().tools["http.request"]
+        http = {
+            **shipped_http,
+            "ca_file": str(https_ca),  # the destination's CA (the demo's is not running)
+            "max_response_bytes": 100_000,
+            "roles": {
+                HTTP_ROLE: {
+                    **shipped_http["roles"][HTTP_ROLE],
+                    "allow": [f"https://localhost:{https_port}"],
+                }
             },
-            "redis.command": {"instances": {"default": {"host": "127.0.0.1", "port": 6379}}},
+        }
+        tools = {
+            "http.request": http,
+            "redis.command": {
+                "instances": {
+                    "default": {
+                        "host": "127.0.0.1",
+                        "port": 6379,
+                        "creds_role_template": db_role_name(
+                            "{agent_role}", "{tenant}", REDIS_CONNECTION
+                        ),
+                    }
+                }
+            },
             "cloud.aws": {
-                "endpoint_url": moto_url,
+                "endpoint_url": moto.endpoint,
+                "oidc_role_template": CLOUD_ROLE,
                 "roles": {
-                    ROLE: {
+                    HTTP_ROLE: {
                         "role_arn_template": AWS_ROLE_ARN,
                         "operations": [
                             "sts:get_caller_identity",
@@ -216,209 +337,88 @@ def _gateway_config(
                     }
                 },
             },
-        },
-    }
-
-
-@pytest.fixture(scope="module")
-def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    s = live_stack
-    d = tmp_path_factory.mktemp("gwtools")
-    sessions = session_issuer.load_issuer(d)
-    workload = LocalIssuer.load_or_create(s.issuer_dir, stack.ISSUER_URL)
-    prefix = f"clawql:gwtools:{secrets.token_hex(4)}"
-    redis_admin = f"clawql-bao-admin-{secrets.token_hex(4)}"
-    redis_pw = secrets.token_urlsafe(24)
-    canaries = live.Canaries()
-    canaries.add(redis_pw)
-    with contextlib.ExitStack() as cleanup:
-        r = cleanup.enter_context(contextlib.closing(redis.Redis(host="127.0.0.1", port=6379)))
-        fx, admin_pw = openbao_setup.setup_postgres(TENANTS)
-        cleanup.callback(openbao_setup.teardown_postgres, fx)
-        mfx, maria_pw = openbao_setup.setup_mariadb(TENANTS)
-        cleanup.callback(openbao_setup.teardown_mariadb, mfx)
-        r.execute_command(  # type: ignore[no-untyped-call]
-            "ACL", "SETUSER", redis_admin, "on", f">{redis_pw}", "~*", "&*", "+@all"
+        }
+        cfg = live.config_for(
+            sh, live.free_port(), tools=tools, sql={"statement_timeout_ms": 300, "max_rows": 20}
         )
-        cleanup.callback(r.execute_command, "ACL", "DELUSER", redis_admin)
-        before = set(r.acl_users())
-        cleanup.callback(_drop_new_redis_users, r, before)
-        moto = MotoS3()
-        moto.start()
-        cleanup.callback(moto.stop)
-        canaries.add(admin_pw)
-        canaries.add(maria_pw)
-        yield from _env(
-            s,
-            d,
-            sessions,
-            workload,
-            fx,
-            admin_pw,
-            mfx,
-            maria_pw,
-            prefix,
-            r,
-            (redis_admin, redis_pw),
+        cleanup.callback(live.drop_registry, cfg.registry.prefix)
+        a = live.start_in_process(cfg, canaries)
+        cleanup.callback(a.stop)
+        agent = cleanup.enter_context(contextlib.closing(live.Agent()))
+        cleanup.callback(_drop_keys, r)
+        yield Env(
+            sh,
+            cfg,
+            session_issuer.load_issuer(s.data_dir),
+            a,
+            agent,
             canaries,
+            logs,
+            https_port,
+            seen,
+            kv_values,
             moto,
         )
 
 
-def _drop_new_redis_users(r: redis.Redis, before: set[Any]) -> None:
-    """Users OpenBao made for sessions that a failed test left open (the cluster, and
-    with it the leases' expiry, is gone after the module)."""
-    for user in set(r.acl_users()) - before:
-        name = user.decode() if isinstance(user, bytes) else str(user)
-        if "_REDIS-" in name.upper():
-            r.acl_deluser(name)
+def _drop_keys(r: redis.Redis) -> None:
+    for key in r.scan_iter("t:*:gwtools:*"):
+        r.delete(key)
 
 
-def _env(
-    s: StackSettings,
-    d: Path,
-    sessions: LocalIssuer,
-    workload: LocalIssuer,
-    fx: openbao_setup.PGFixture,
-    admin_pw: str,
-    mfx: openbao_setup.MariaFixture,
-    maria_pw: str,
-    prefix: str,
-    r: redis.Redis,
-    redis_cred: tuple[str, str],
-    canaries: live.Canaries,
-    moto: MotoS3,
-) -> Iterator[Env]:
-    oidc_issuer = s.api_addr(NODE_IDS[0])
-    stop: list[Any] = []
-    with live.captured_logs() as logs:
-        try:
-            with stack.client_for(s) as client:
-                accessor = openbao_setup.configure(
-                    client,
-                    workload,
-                    sessions,
-                    fx,
-                    admin_pw,
-                    agent_role=ROLE,
-                    audience=session_issuer.SESSION_AUDIENCE,
-                )
-                ca_bundle = openbao_setup.configure_tools(
-                    client,
-                    workload,
-                    sessions,
-                    accessor,
-                    TENANTS,
-                    agent_role=ROLE,
-                    audience=session_issuer.SESSION_AUDIENCE,
-                    redis_admin=redis_cred,
-                    maria=(mfx, maria_pw),
-                    oidc_issuer=oidc_issuer,
-                )
-                kv_values = _seed_kv(client, sessions)
-            for v in kv_values.values():
-                canaries.add(v)
-            srv, https_ca, seen = start_https(d, ca_bundle)
-            stop.append(srv)
-            port = live.free_port()
-            a = live.start_in_process(
-                _gateway_config(
-                    d, s, port, prefix, https_ca, srv.server_address[1], mfx, moto.endpoint
-                ),
-                canaries,
-            )
-            stop.append(a)
-            agent = live.Agent()
-            stop.append(agent)
-            yield Env(
-                s,
-                sessions,
-                a,
-                agent,
-                canaries,
-                logs,
-                srv.server_address[1],
-                seen,
-                kv_values,
-                mfx,
-                moto,
-                oidc_issuer,
-            )
-        finally:
-            for thing in reversed(stop):
-                with contextlib.suppress(Exception):
-                    if isinstance(thing, ThreadingHTTPServer):
-                        thing.shutdown()
-                        thing.server_close()
-                    else:
-                        thing.stop() if hasattr(thing, "stop") else thing.close()
-            for key in r.scan_iter(f"{prefix}:*"):
-                r.delete(key)
-            for key in r.scan_iter("t:*:gwtools:*"):
-                r.delete(key)
+def _drop_session_users(canaries: live.Canaries) -> None:
+    """Redis and MariaDB users OpenBao made for this module's sessions that a failed test
+    left (the cluster, and with it the leases' expiry, is gone after the module).
+    PostgreSQL's go with the run's database (``shipped.provisioned``)."""
+    users = list(canaries.db_users)
+    with contextlib.closing(redis.Redis(host="127.0.0.1", port=6379)) as r:
+        for user in users:
+            with contextlib.suppress(redis.RedisError):
+                if r.acl_getuser(user) is not None:
+                    r.acl_deluser(user)
+    with contextlib.closing(_maria_root()) as c, c.cursor() as cur:
+        for user in users:
+            cur.execute("SELECT host FROM mysql.user WHERE user = %s", [user])
+            for (host,) in cur.fetchall():
+                with contextlib.suppress(pymysql.MySQLError):
+                    cur.execute(f"KILL USER '{user}'@'{host}'")
+                cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
 
 
-def _seed_kv(client: Any, sessions: LocalIssuer) -> dict[str, str]:
-    """Each tenant's ``bot`` gets an ``api-key`` secret, written by that tenant's seeder."""
-    values = {}
-    for t in TENANTS:
-        jwt = session_issuer.issue(
-            sessions, tenant=t, agent="seeder", role=openbao_setup.SEEDER_ROLE, ttl=60
-        )
-        login = client.request(
-            "POST",
-            "auth/sessions/login",
-            body={"role": openbao_setup.SEEDER_ROLE, "jwt": jwt},
-            token="",
-        )
-        token = login["auth"]["client_token"]
-        values[t] = f"{t}-apikey-{secrets.token_urlsafe(24)}"
-        client.request(
-            "POST",
-            f"secret/data/tenants/{t}/agents/bot/api-key",
-            body={"data": {"value": values[t]}},
-            token=token,
-            retry_for=10,
-        )
-    return values
+def _maria_root() -> Any:
+    return pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
 
 
-def _agent_token(env: Env, jwt: str) -> str:
+def maria_user_exists(name: str) -> bool:
+    with contextlib.closing(_maria_root()) as c, c.cursor() as cur:
+        cur.execute("SELECT 1 FROM mysql.user WHERE user = %s", [name])
+        return cur.fetchone() is not None
+
+
+def _agent_token(env: Env, tenant: str, agent: str, role: str) -> str:
+    """The per-call token the gateway would get for this agent (an exchange login)."""
     with stack.client_for(env.settings) as client:
-        login = client.request(
-            "POST", "auth/sessions/login", body={"role": ROLE, "jwt": jwt}, token=""
-        )
-    token = str(login["auth"]["client_token"])
+        auth = agent_login(client, env.settings.data_dir, tenant=tenant, agent=agent, role=role)
+    token = str(auth["client_token"])
     env.canaries.add(token)
     return token
 
 
-def _sid(jwt: str) -> str:
-    seg = jwt.split(".")[1]
-    return str(json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))["sid"])
-
-
 # -- http.request -------------------------------------------------------------------------
+INJECT = {"secret": SECRET, "header": "Authorization"}
+
+
 def test_http_mtls_cert_names_the_agent_and_header_is_injected(env: Env) -> None:
     jwt = env.jwt("acme", "bot")
-    r = env.call(
-        jwt,
-        "http.request",
-        {
-            "url": env.url("/whoami"),
-            "client_cert": True,
-            "inject": {"secret": "api-key", "header": "X-Api-Key"},
-        },
-    )
+    args = {"url": env.url("/whoami"), "client_cert": True, "inject": INJECT}
+    r = env.call(jwt, "http.request", args)
     assert r.status_code == 200, r.text
     res = r.json()["result"]
     assert res["status"] == 200
-    assert json.loads(res["body"]) == {
-        "uris": ["spiffe://clawql/tenant/acme/agent/bot"],
-        "has_key": True,
-    }
+    san = AGENT_SAN.format(tenant="acme", agent="bot")
+    assert json.loads(res["body"]) == {"uris": [san], "has_key": True}
     last = env.seen.requests[-1]
-    assert last["uris"] == ["spiffe://clawql/tenant/acme/agent/bot"]
+    assert last["uris"] == [san]
     assert last["api_key"] == env.kv_values["acme"]
     # Without a client cert the server refuses /whoami.
     r = env.call(jwt, "http.request", {"url": env.url("/whoami")})
@@ -427,14 +427,11 @@ def test_http_mtls_cert_names_the_agent_and_header_is_injected(env: Env) -> None
 
 def test_http_echoed_secret_is_redacted_and_body_limited(env: Env) -> None:
     jwt = env.jwt("acme", "bot")
-    r = env.call(
-        jwt,
-        "http.request",
-        {"url": env.url("/echo"), "inject": {"secret": "api-key", "header": "X-Api-Key"}},
-    )
+    r = env.call(jwt, "http.request", {"url": env.url("/echo"), "inject": INJECT})
     assert r.status_code == 200, r.text
     res = r.json()["result"]
     assert env.seen.requests[-1]["api_key"] == env.kv_values["acme"]
+    assert env.kv_values["acme"] not in r.text
     assert json.loads(res["body"]) == {"echo": "[redacted] [redacted]"}
     assert ["x-echo", "[redacted]"] in res["headers"]
     r = env.call(jwt, "http.request", {"url": env.url("/big")})
@@ -454,11 +451,11 @@ def test_http_refusals(env: Env) -> None:
     assert code({"url": f"http://localhost:{env.https_port}/"})[1] == "bad_url"
     assert code({"url": f"https://u:p@localhost:{env.https_port}/"})[1] == "bad_url"
     # Header not allowed to carry a secret; traversal in a secret name.
-    bad_header = {"url": env.url("/"), "inject": {"secret": "api-key", "header": "Cookie"}}
+    bad_header = {"url": env.url("/"), "inject": {"secret": SECRET, "header": "Cookie"}}
     assert code(bad_header) == (403, "inject_header_not_allowed")
     traversal = {
         "url": env.url("/"),
-        "inject": {"secret": "../../globex/agents/bot/api-key", "header": "X-Api-Key"},
+        "inject": {"secret": f"../../globex/agents/bot/{SECRET}", "header": "Authorization"},
     }
     assert code(traversal) == (400, "bad_secret_name")
     assert code({"url": env.url("/"), "headers": {"Host": "evil"}}) == (400, "bad_header")
@@ -469,37 +466,37 @@ def test_http_refusals(env: Env) -> None:
 
 def test_http_cross_tenant_secret_and_cert_refused_by_openbao(env: Env) -> None:
     """The tool builds paths from claims; below it, OpenBao refuses B's things to A."""
-    token = _agent_token(env, env.jwt("acme", "bot"))
+    token = _agent_token(env, "acme", "bot", HTTP_ROLE)
     with stack.client_for(env.settings) as client:
         with pytest.raises(OpenBaoError) as e1:
-            client.read("secret/data/tenants/globex/agents/bot/api-key", token=token)
+            client.read(f"secret/data/tenants/globex/agents/bot/{SECRET}", token=token)
         assert e1.value.status == 403
         with pytest.raises(OpenBaoError) as e2:
             client.write(
-                "pki_int/issue/globex-analyst",
-                {"uri_sans": "spiffe://clawql/tenant/globex/agent/bot", "ttl": "5m"},
+                f"pki_int/issue/globex-{HTTP_ROLE}",
+                {"uri_sans": AGENT_SAN.format(tenant="globex", agent="bot"), "ttl": "5m"},
                 token=token,
             )
         assert e2.value.status == 403
         with pytest.raises(OpenBaoError) as e3:  # own role, someone else's name
             client.write(
-                "pki_int/issue/acme-analyst",
-                {"uri_sans": "spiffe://clawql/tenant/acme/agent/other", "ttl": "5m"},
+                f"pki_int/issue/acme-{HTTP_ROLE}",
+                {"uri_sans": AGENT_SAN.format(tenant="acme", agent="other"), "ttl": "5m"},
                 token=token,
             )
         assert e3.value.status == 400
+    # integrator is acme's role only: OpenBao refuses the exchange for a globex agent.
+    r = env.call(env.jwt("globex", "bot"), "http.request", {"url": env.url("/"), "inject": INJECT})
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "exchange_refused"), r.text
+    assert env.kv_values["globex"] not in r.text
     # Another acme agent gets no secret of bot's (its own path holds none).
-    r = env.call(
-        env.jwt("acme", "spy"),
-        "http.request",
-        {"url": env.url("/"), "inject": {"secret": "api-key", "header": "X-Api-Key"}},
-    )
+    r = env.call(env.jwt("acme", "spy"), "http.request", {"url": env.url("/"), "inject": INJECT})
     assert r.status_code >= 400 and env.kv_values["acme"] not in r.text
 
 
 # -- redis.command ------------------------------------------------------------------------
 def test_redis_dynamic_user_allow_list_and_gone_after_session_end(env: Env) -> None:
-    jwt = env.jwt("acme", "cache")
+    jwt = env.jwt("acme", "cache", role=CACHE_ROLE)
     before = set(env.canaries.db_users)
     key = f"t:acme:gwtools:{secrets.token_hex(4)}"
     r = env.call(jwt, "redis.command", {"command": ["SET", key, "v1"]})
@@ -513,13 +510,15 @@ def test_redis_dynamic_user_allow_list_and_gone_after_session_end(env: Env) -> N
     for cmd in (["CONFIG", "GET", "*"], ["ACL", "WHOAMI"], ["EVAL", "return 1", "0"]):
         r = env.call(jwt, "redis.command", {"command": cmd})
         assert (r.status_code, r.json()["error"]["code"]) == (403, "command_not_allowed")
+    # The other tools' roles: not this one's.
+    r = env.call(env.jwt("acme", "cache2", role=SQL_ROLE), "redis.command", {"command": ["PING"]})
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "tool_not_allowed")
     users = sorted(set(env.canaries.db_users) - before)
     admin = redis.Redis(host="127.0.0.1", port=6379)
     try:
         mine = [u for u in users if admin.acl_getuser(u) is not None]
         assert len(mine) == 1, users
-        r = env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{_sid(jwt)}", jwt)
-        assert r.status_code == 200 and r.json()["leases_revoked"] == 1, r.text
+        env.end(jwt)
         live.wait_until(lambda: admin.acl_getuser(mine[0]) is None, timeout=1.0)
     finally:
         admin.close()
@@ -529,49 +528,53 @@ def test_redis_dynamic_user_allow_list_and_gone_after_session_end(env: Env) -> N
 
 # -- sql.query on MariaDB -----------------------------------------------------------------
 def test_mariadb_query_limits_cross_tenant_and_user_gone_after_session_end(env: Env) -> None:
-    import pymysql
+    jwt = env.jwt("acme", "dba", role=SQL_ROLE)
 
-    jwt = env.jwt("acme", "dba")
+    def q(text: str, *params: Any, token: str = jwt, **kw: Any) -> Any:
+        body = {"sql": text, "params": list(params), "database": MARIA, **kw}
+        return env.call(token, "sql.query", body)
 
-    def q(text: str, *params: Any, **kw: Any) -> Any:
-        body = {"sql": text, "params": list(params), "database": "maria", **kw}
-        return env.call(jwt, "sql.query", body)
-
-    r = q("SELECT id, name FROM items WHERE id <= %s ORDER BY id", 2)
+    r = q("SELECT k, v FROM facts WHERE k = %s", "tenant")
     assert r.status_code == 200, r.text
-    assert r.json()["result"]["rows"] == [[1, "acme-row-1"], [2, "acme-row-2"]]
-    r = q("SELECT id FROM items ORDER BY id")
+    assert r.json()["result"]["rows"] == [["tenant", "acme"]]
+    r = q("SELECT seq FROM seq_1_to_50 ORDER BY seq")
     assert r.json()["result"]["truncated"] is True and len(r.json()["result"]["rows"]) == 20
-    r = q("SELECT id FROM items ORDER BY id", max_rows=3)
+    r = q("SELECT seq FROM seq_1_to_50 ORDER BY seq", max_rows=3)
     assert r.json()["result"]["row_count"] == 3
-    r = q("SELECT COUNT(*) FROM items")  # the connection is still usable after a truncation
+    r = q("SELECT COUNT(*) FROM seq_1_to_50")  # the connection is still usable after a cut
     assert r.json()["result"]["rows"] == [[50]]
-    r = q(f"SELECT * FROM `{env.maria.db('globex')}`.items")
-    assert (r.status_code, r.json()["error"]["code"]) == (403, "sql_permission_denied")
-    assert "globex-row" not in r.text
-    r = q("SELECT 1; DROP TABLE items")
-    assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_error")
+    # The server hides the other tenant's database from this user.
+    r = q("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'globex'")
+    assert r.json()["result"]["rows"] == [[0]], r.text
+    r = q("SELECT 1; DROP TABLE facts")
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "sql_multiple_statements")
     r = q("SELECT COUNT(*) FROM seq_1_to_100000 a, seq_1_to_100000 b WHERE a.seq + b.seq = 7")
     assert (r.status_code, r.json()["error"]["code"]) == (422, "sql_timeout")
-    # A BEGIN does not carry its transaction into the next call: that connection is closed.
+    # A transaction cannot be carried into the next call: BEGIN is refused, the
+    # connection stays as it was.
     conn_id = q("SELECT CONNECTION_ID()").json()["result"]["rows"][0][0]
-    assert q("BEGIN").status_code == 200
-    assert q("SELECT CONNECTION_ID()").json()["result"]["rows"][0][0] != conn_id
+    r = q("BEGIN")
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "sql_transaction_refused")
+    assert q("SELECT CONNECTION_ID()").json()["result"]["rows"][0][0] == conn_id
     r = q("SELECT CURRENT_USER()")
     user = str(r.json()["result"]["rows"][0][0]).split("@")[0]
-    assert user.startswith(env.maria.user_prefix)
+    assert maria_user_exists(user)
     held = pymysql.connect(
         host="127.0.0.1", user=user, password=env.canaries.db_users[user], autocommit=True
     )
     try:
-        r = env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{_sid(jwt)}", jwt)
-        assert r.status_code == 200 and r.json()["leases_revoked"] == 1, r.text
-        live.wait_until(lambda: not openbao_setup.maria_user_exists(user), timeout=1.0)
+        env.end(jwt)
+        live.wait_until(lambda: not maria_user_exists(user), timeout=1.0)
         with pytest.raises(pymysql.MySQLError), held.cursor() as cur:
             cur.execute("SELECT 1")
     finally:
         with contextlib.suppress(Exception):
             held.close()
+    # Naming the other tenant's database: the anomaly rule ends the session.
+    spy = env.jwt("acme", "dba-spy", role=SQL_ROLE)
+    r = q("SELECT * FROM globex.facts", token=spy)
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "anomaly_revoked"), r.text
+    assert "globex" not in json.dumps(r.json().get("result"))
 
 
 # -- cloud.aws ----------------------------------------------------------------------------
@@ -582,7 +585,7 @@ def test_aws_web_identity_exchange_and_allowed_operations(env: Env) -> None:
     r = env.call(jwt, "cloud.aws", {"service": "sts", "operation": "get_caller_identity"})
     assert r.status_code == 200, r.text
     arn = r.json()["result"]["result"]["Arn"]
-    assert "assumed-role/clawql-acme-analyst/acme.bot." in arn
+    assert f"assumed-role/clawql-acme-{HTTP_ROLE}/acme.bot." in arn
     r = env.call(jwt, "cloud.aws", {"service": "s3", "operation": "list_buckets"})
     assert bucket in [b["Name"] for b in r.json()["result"]["result"]["Buckets"]]
     r = env.call(
@@ -600,37 +603,46 @@ def test_aws_web_identity_exchange_and_allowed_operations(env: Env) -> None:
         assert (r.status_code, r.json()["error"]["code"]) == (403, "operation_not_allowed")
     # moto validates nothing: prove the token AWS would see against OpenBao's keys.
     token = env.canaries.identity_tokens[-1]
+    s = env.settings
     keys = httpx.get(
-        f"{env.oidc_issuer}/v1/identity/oidc/.well-known/keys",
-        verify=ssl.create_default_context(cafile=str(env.settings.node_ca_dir / "ca.pem")),
+        f"{s.api_addr(NODE_IDS[0])}/v1/identity/oidc/.well-known/keys",
+        verify=ssl.create_default_context(cafile=str(s.node_ca_dir / "ca.pem")),
     ).json()
     kid = pyjwt.get_unverified_header(token)["kid"]
     key = pyjwt.PyJWKSet.from_dict(keys)[kid]
+    cloud = env.sh.state.cloud
+    assert cloud is not None
     claims = pyjwt.decode(
         token,
         key,
         algorithms=["ES256"],
-        audience=openbao_setup.STS_AUDIENCE,
-        issuer=f"{env.oidc_issuer}/v1/identity/oidc",
+        audience=STS_AUDIENCE,
+        issuer=f"{cloud.issuer}/v1/identity/oidc",
     )
-    assert (claims["tenant"], claims["agent"], claims["agent_role"]) == ("acme", "bot", ROLE)
-    assert claims["exp"] - claims["iat"] <= 300
+    assert (claims["tenant"], claims["agent"], claims["agent_role"]) == ("acme", "bot", HTTP_ROLE)
+    ttl = next(r.ttl for r in cloud.roles if r.name == CLOUD_ROLE)
+    assert claims["exp"] - claims["iat"] <= ttl
     head, body, sig = token.split(".")
     forged = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     forged["tenant"] = "globex"
     fbody = base64.urlsafe_b64encode(json.dumps(forged).encode()).rstrip(b"=").decode()
     with pytest.raises(pyjwt.InvalidSignatureError):
-        pyjwt.decode(
-            f"{head}.{fbody}.{sig}", key, algorithms=["ES256"], audience=openbao_setup.STS_AUDIENCE
-        )
+        pyjwt.decode(f"{head}.{fbody}.{sig}", key, algorithms=["ES256"], audience=STS_AUDIENCE)
     # The STS credentials moto handed out join the canaries.
+    for secret in _sts_secrets():
+        env.canaries.add(secret)
+
+
+def _sts_secrets() -> list[str]:
     from moto.sts.models import sts_backends
 
-    for account in list(sts_backends):
-        for region in list(sts_backends[account]):
-            for role in sts_backends[account][region].assumed_roles:
-                env.canaries.add(role.secret_access_key)
-                env.canaries.add(role.session_token)
+    return [
+        value
+        for account in list(sts_backends)
+        for region in list(sts_backends[account])
+        for role in sts_backends[account][region].assumed_roles
+        for value in (role.secret_access_key, role.session_token)
+    ]
 
 
 # -- canaries -----------------------------------------------------------------------------
@@ -639,22 +651,17 @@ def test_zz_canaries_never_leak(env: Env) -> None:
     haystacks = {
         "responses": "\n".join(env.agent.bodies),
         "gateway log": "\n".join(env.logs.lines),
+        "OpenBao audit logs": live.audit_text(env.settings),
     }
     keys = [v for v in env.canaries.values if "PRIVATE KEY" in v]
     assert len(keys) >= 1  # a private key was issued and recorded
     assert env.canaries.identity_tokens  # an identity token was issued and recorded
-    from moto.sts.models import sts_backends
-
-    sts = [
-        role.secret_access_key
-        for account in list(sts_backends)
-        for region in list(sts_backends[account])
-        for role in sts_backends[account][region].assumed_roles
-    ]
+    assert env.canaries.assertions and env.canaries.anchors
+    sts = _sts_secrets()
     assert sts and all(v in env.canaries.values for v in sts)
     assert all(v in env.canaries.values for v in env.kv_values.values())
     for where, text in haystacks.items():
-        hits = [c[:4] + "…" for c in env.canaries.values if c in text]
+        hits = env.canaries.found_in(text)
         loggers = sorted(
             {ln.split(" ", 1)[0] for ln in env.logs.lines for c in env.canaries.values if c in ln}
         )

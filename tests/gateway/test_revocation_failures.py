@@ -26,6 +26,8 @@ from tests.gateway.fakes import mock_openbao, unit_config
 class FakeBao:
     fail_login: bool = False
     fail_revoke: bool = False
+    # Another replica revoked it a moment ago: OpenBao answers 400 to the second one.
+    raced: set[str] = field(default_factory=set)
     revoked: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
 
@@ -37,6 +39,18 @@ class FakeBao:
             token = "s." + secrets.token_urlsafe(24)
             self.tokens.append(token)
             return httpx.Response(200, json={"auth": {"client_token": token}})
+        if path in ("/v1/sys/leases/revoke", "/v1/auth/token/revoke-accessor"):
+            body = request.content.decode()
+            if any(r in body for r in self.raced):
+                return httpx.Response(400, json={"errors": ["invalid request"]})
+        if path in ("/v1/sys/leases/lookup", "/v1/auth/token/lookup-accessor"):
+            body = request.content.decode()
+            if any(r in body for r in self.raced):
+                return httpx.Response(400, json={"errors": ["invalid lease"]})
+            return httpx.Response(200, json={"data": {"ttl": 60}})
+        if path == "/v1/auth/token/revoke-accessor":
+            self.revoked.append(request.content.decode())
+            return httpx.Response(204)
         if path == "/v1/sys/leases/revoke":
             if self.fail_revoke:
                 return httpx.Response(503, json={"errors": ["Vault is sealed"]})
@@ -154,3 +168,37 @@ def test_a_pending_session_whose_leases_expired_is_cleared(
     gw.sweep()
     assert registry.pending() == []
     assert _value(gw, "clawql_gateway_sessions_pending_revocation") == 0
+
+
+def test_a_revocation_raced_by_another_replica_counts_as_done(
+    setup: tuple[Gateway, FakeBao, MemoryRegistry],
+) -> None:
+    """Regression: a DELETE and the sweeper (or two replicas) revoking the same lease or
+    anchor at once; the loser's 400 made the session "revocation_pending" for nothing."""
+    gw, fake, registry = setup
+    sid = "v" * 24
+    lease = _session(registry, sid, 1)[0]
+    assert registry.add_lease(sid, "accessor:AbCdEf0123456789xyzAbCdE")
+    fake.raced = {lease.rsplit("/", 1)[1], "AbCdEf0123456789xyzAbCdE"}
+    out = gw.end_session(sid, exp=2**31, reason="ended")
+    assert out["state"] == "ended" and out["leases_revoked"] == 2
+    assert registry.leases(sid) == [] and registry.pending() == []
+    assert _value(gw, "clawql_gateway_lease_revoke_failures_total", cause="openbao") == 0
+
+
+def test_a_400_on_something_still_alive_is_a_failure(
+    setup: tuple[Gateway, FakeBao, MemoryRegistry],
+) -> None:
+    gw, fake, registry = setup
+    sid = "w" * 24
+    _session(registry, sid, 1)
+    fake.fail_revoke = False
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/sys/leases/revoke":
+            return httpx.Response(400, json={"errors": ["cannot drop role"]})
+        return fake(request)
+
+    gw.bao._http = httpx.Client(transport=httpx.MockTransport(refuse))
+    out = gw.end_session(sid, exp=2**31, reason="ended")
+    assert out["state"] == "revocation_pending" and out["revocation_pending"] == 1

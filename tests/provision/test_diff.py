@@ -88,7 +88,9 @@ def test_every_jwt_role_has_the_same_claim_mappings_and_unique_user_claim() -> N
     roles = [o for o in _desired() if o.kind == "jwt-role"]
     assert roles
     for r in roles:
-        assert r.body["claim_mappings"] == CLAIM_MAPPINGS
+        # The anchor role adds the session id; tenant, agent, role, actor everywhere.
+        assert CLAIM_MAPPINGS.items() <= r.body["claim_mappings"].items()
+        assert ("sid" in r.body["claim_mappings"]) == r.path.endswith(".session")
         assert r.body["user_claim"] == "sub"
         name = r.path.rsplit("/", 1)[1]
         assert r.body["bound_claims"]["agent_role"] == [name.removesuffix(".session")]
@@ -104,9 +106,9 @@ def test_agent_roles_take_only_the_gateways_assertions_and_bound_their_tokens() 
         assert body["bound_audiences"] == ["openbao-agent-exchange"]
         assert body["bound_claims"]["/act/sub"] == ["clawql-gateway"]
         assert body["claim_mappings"]["/act/sub"] == "actor"
-        assert body["claim_mappings"]["sid"] == "sid"
         assert body["expiration_leeway"] == -1
     call, anchor = roles["analyst"], roles["analyst.session"]
+    assert anchor["claim_mappings"]["sid"] == "sid" and "sid" not in call["claim_mappings"]
     assert call["token_type"] == "batch" and call["token_ttl"] == call["token_max_ttl"] == 15
     assert anchor["token_type"] == "service" and anchor["token_ttl"] == 10
     assert anchor["token_max_ttl"] == state.roles[0].max_session
