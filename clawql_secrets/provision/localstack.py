@@ -11,6 +11,7 @@ policies and binds them to their roles.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ import pymysql
 from psycopg import sql
 
 from clawql_secrets.cluster import bootstrap, stack
+from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import StackSettings
-from clawql_secrets.errors import BackendError, ConfigError
+from clawql_secrets.errors import BackendError, ClawQLError, ConfigError
 from clawql_secrets.gateway import exchange
 from clawql_secrets.issuer import LocalIssuer
 from clawql_secrets.policy import generate, lint
@@ -179,40 +181,62 @@ def provision_state(
     run OpenBao exactly as ``up`` configures it."""
     issuer = LocalIssuer.load(settings.issuer_dir, stack.ISSUER_URL)
     result = ExampleResult(tenants=[t.name for t in state.tenants])
+    tokens: list[str] = []  # every identity's token, revoked when done
+
+    def login(token: str) -> str:
+        tokens.append(token)
+        return token
+
     with stack.client_for(settings, retry_for=20) as client:
-        prov = Provisioner(client, bootstrap.login(client, issuer, bootstrap.PROVISIONER))
-        _, plan = prov.plan(state)
-        writes = {c.path.rsplit("/", 1)[1] for c in plan.changes
-                  if c.kind == "db-connection" and c.action != "delete"}  # fmt: skip
-        progress("seeding tenant schemas in PostgreSQL and MariaDB")
-        env = seed_databases(state, writes)
-        progress("applying the desired state as the provisioner")
-        result.applied = len(prov.apply(state, env=env).applied)
-        env.clear()
-        accessor = prov.accessor(state.exchange.mount)
-        if accessor is None:
-            raise BackendError("the agents' auth mount is missing after apply")
-        policies = generate.generate(state, accessor)
-        findings = lint.lint_generated(policies, "examples/clawql.yaml", used=list(policies))
-        if findings:
-            raise ConfigError("policy lint failed:\n  " + "\n  ".join(map(str, findings)))
-        changed = {n: t for n, t in policies.items() if prov.live_policy(n) != t}
-        ctl_token = bootstrap.login(client, issuer, bootstrap.APPROVAL_CONTROLLER)
-        ctl = ApprovalController(
-            client, ctl_token, state.approvals, workload_accessor(client, ctl_token),
-            agents_mount=state.exchange.mount,
-        )  # fmt: skip
-        if changed:
-            progress(f"four-eyes: {AUTHOR} proposes, {' and '.join(APPROVERS)} approve (demo)")
-            pid = ChangeStore(client, person_login(client, issuer, AUTHOR)).propose(
-                changed, "local stack example"
-            )
-            for person in APPROVERS:
-                store = ChangeStore(client, person_login(client, issuer, person))
-                store.approve(pid, store.proposal(pid, state.approvals.proposal_ttl).content_hash)
-            review = ctl.apply(pid)
-            result.proposal = pid
-            result.bound = [b.describe() for b in review.bound]
-        else:
-            result.bound = [b.describe() for b in ctl.bind()]
+        try:
+            return _provision(client, issuer, state, progress, result, login)
+        finally:
+            for token in tokens:
+                with contextlib.suppress(ClawQLError):
+                    client.request("POST", "auth/token/revoke-self", token=token, retry_for=2)
+
+
+def _provision(
+    client: OpenBaoClient,
+    issuer: LocalIssuer,
+    state: DesiredState,
+    progress: Progress,
+    result: ExampleResult,
+    login: Callable[[str], str],
+) -> ExampleResult:
+    prov = Provisioner(client, login(bootstrap.login(client, issuer, bootstrap.PROVISIONER)))
+    _, plan = prov.plan(state)
+    writes = {c.path.rsplit("/", 1)[1] for c in plan.changes
+              if c.kind == "db-connection" and c.action != "delete"}  # fmt: skip
+    progress("seeding tenant schemas in PostgreSQL and MariaDB")
+    env = seed_databases(state, writes)
+    progress("applying the desired state as the provisioner")
+    result.applied = len(prov.apply(state, env=env).applied)
+    env.clear()
+    accessor = prov.accessor(state.exchange.mount)
+    if accessor is None:
+        raise BackendError("the agents' auth mount is missing after apply")
+    policies = generate.generate(state, accessor)
+    findings = lint.lint_generated(policies, "the desired state", used=list(policies))
+    if findings:
+        raise ConfigError("policy lint failed:\n  " + "\n  ".join(map(str, findings)))
+    changed = {n: t for n, t in policies.items() if prov.live_policy(n) != t}
+    ctl_token = login(bootstrap.login(client, issuer, bootstrap.APPROVAL_CONTROLLER))
+    ctl = ApprovalController(
+        client, ctl_token, state.approvals, workload_accessor(client, ctl_token),
+        agents_mount=state.exchange.mount,
+    )  # fmt: skip
+    if changed:
+        progress(f"four-eyes: {AUTHOR} proposes, {' and '.join(APPROVERS)} approve (demo)")
+        pid = ChangeStore(client, login(person_login(client, issuer, AUTHOR))).propose(
+            changed, "local stack example"
+        )
+        for person in APPROVERS:
+            store = ChangeStore(client, login(person_login(client, issuer, person)))
+            store.approve(pid, store.proposal(pid, state.approvals.proposal_ttl).content_hash)
+        review = ctl.apply(pid)
+        result.proposal = pid
+        result.bound = [b.describe() for b in review.bound]
+    else:
+        result.bound = [b.describe() for b in ctl.bind()]
     return result

@@ -192,7 +192,8 @@ def test_target_is_stopped_when_the_block_fails(tmp_path: Path) -> None:
         ),
     ):
         raise RuntimeError("a failing step")
-    with socket.socket() as sock:  # the port is free again
+    with socket.socket() as sock:  # nothing listens on the port any more
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not a listener
         sock.bind((settings.host, settings.demo_target_port))
 
 

@@ -104,16 +104,14 @@ class RecordingTransport(httpx.BaseTransport):
             body = json.loads(resp.content or b"null")
             if isinstance(body, dict):
                 auth = body.get("auth") or {}
-                self._c.add(auth.get("client_token"))
-                self._c.add(auth.get("accessor"))
-                accessor = auth.get("accessor")
-                if isinstance(accessor, str) and accessor:
-                    with self._c.lock:
-                        self._c.accessors.add(accessor)
-                token = auth.get("client_token")
-                if role is not None and role.endswith(".session") and isinstance(token, str):
+                token, accessor = auth.get("client_token"), auth.get("accessor")
+                self._c.add(token)
+                self._c.add(accessor)
+                anchor = role is not None and role.endswith(".session")
+                if anchor and isinstance(token, str) and isinstance(accessor, str):
                     with self._c.lock:
                         self._c.anchors.append(token)
+                        self._c.accessors.add(accessor)
                 data = body.get("data") or {}
                 if isinstance(data, dict) and isinstance(data.get("private_key"), str):
                     key = data["private_key"]

@@ -10,9 +10,11 @@
 - What OpenBao cannot check, shown as it is: whether the session is still
   live. A captured assertion for an ended session logs in until its own
   ``exp`` (at most ``exchange.ttl`` = 30 s after it was signed, never past the
-  session's ``exp``) plus the role's clock-skew leeway; then it is refused.
-  Nor does OpenBao bind a token's ``sid`` to anything: the gateway compares the
-  token's metadata with the session it serves (``Gateway._login``).
+  session's ``exp``) plus the role's clock-skew leeway; then it is refused. The
+  token such a login yields is bounded by the role, not by the assertion: on the
+  anchor role its holder renews it up to the role's ``max_session``. Nor does
+  OpenBao bind a token's ``sid`` to anything: the gateway compares the anchor's
+  metadata with the session it serves (``Gateway._login``).
 - OpenBao's audit entries of a tool call name the agent (display name, metadata
   tenant, agent, sid) and the gateway (metadata actor).
 - The provisioner cannot create a CEL role (whose program would set its logins'
@@ -356,35 +358,89 @@ def test_assertion_one_second_past_exp_is_refused(env: Env) -> None:
     assert 400 <= _login(env, "analyst", assertion) < 500
 
 
+def _captured(env: Env, jwt: str) -> str:
+    """The gateway's last per-call assertion for ``jwt``'s session, as sent on the wire
+    (its recording transport)."""
+    sid = live.sid(jwt)
+    with env.canaries.lock:
+        sent = list(env.canaries.assertions)
+    return next(a for r, a in reversed(sent) if r == "analyst" and live.claims(a)["sid"] == sid)
+
+
+def _replay(env: Env, role: str, assertion: str) -> dict[str, Any]:
+    with stack.client_for(env.settings) as client:
+        auth: dict[str, Any] = client.request(
+            "POST", "auth/agents/login", body={"role": role, "jwt": assertion}, token=""
+        )["auth"]
+    env.canaries.add(auth["client_token"])
+    return auth
+
+
 def test_captured_assertion_for_an_ended_session_lives_to_its_own_exp(env: Env) -> None:
     """What OpenBao cannot check: whether the session is live. An assertion taken off
-    the gateway's wire (here: its recording transport) still logs in after the session
-    ended — a per-call batch token of ``call_token_ttl`` — until its own ``exp`` (plus
-    the role's clock-skew leeway, see the xfail above) has passed; then never."""
-    jwt = env.jwt("globex", "captured", "analyst")
+    the gateway's wire still logs in after the session ended — a per-call batch token
+    of ``call_token_ttl`` — until its own ``exp`` (plus the role's clock-skew leeway,
+    see the xfail above) has passed; then never."""
+    # A short session: the gateway never signs past the session's exp.
+    jwt = env.jwt("globex", "captured", "analyst", ttl=12)
     env.open_session(jwt)
-    sid = live.sid(jwt)
-    role, captured = next(
-        (r, a) for r, a in reversed(env.canaries.assertions) if live.claims(a)["sid"] == sid
-    )
-    assert role == "analyst"
+    captured = _captured(env, jwt)
     c = live.claims(captured)
     assert c["exp"] - c["iat"] <= env.cfg.exchange.ttl
+    assert c["exp"] <= live.claims(jwt)["exp"]
     env.end_session(jwt)
     if time.time() < c["exp"] - 2:  # a loaded box may have spent the assertion's life
-        with stack.client_for(env.settings) as client:
-            auth = client.request(
-                "POST", "auth/agents/login", body={"role": role, "jwt": captured}, token=""
-            )["auth"]
-        env.canaries.add(auth["client_token"])
-        assert (auth["token_type"], auth["metadata"]["sid"]) == ("batch", sid)
+        auth = _replay(env, "analyst", captured)
+        assert (auth["token_type"], auth["metadata"]["agent"]) == ("batch", "captured")
         assert auth["lease_duration"] <= env.sh.state.exchange.call_token_ttl
     with _as(env, bootstrap.PROVISIONER) as (client, token):
-        leeway = int(
-            client.read("auth/agents/role/analyst", token=token)["data"]["clock_skew_leeway"]
-        )
-    live.wait_until(lambda: time.time() > c["exp"] + max(leeway, 0) + 1, timeout=60, interval=0.2)
-    assert 400 <= _login(env, role, captured) < 500
+        role = client.read("auth/agents/role/analyst", token=token)["data"]
+    leeway = max(int(role["clock_skew_leeway"]), 0)
+    live.wait_until(lambda: time.time() > c["exp"] + leeway + 1, timeout=45, interval=0.2)
+    assert 400 <= _login(env, "analyst", captured) < 500
+
+
+def _anchor_from_captured(env: Env, agent: str) -> tuple[int, int]:
+    """Replay a captured per-call assertion of an ended session to the anchor role
+    and renew the service token as far as OpenBao lets its holder: (its TTL then, what
+    was left of the session)."""
+    jwt = env.jwt("acme", agent, "analyst", ttl=120)
+    env.open_session(jwt)
+    captured = _captured(env, jwt)
+    env.end_session(jwt)
+    left = int(live.claims(jwt)["exp"] - time.time())
+    if time.time() >= live.claims(captured)["exp"] - 2:
+        pytest.skip("the captured assertion expired before it could be replayed (loaded box)")
+    token = str(_replay(env, "analyst.session", captured)["client_token"])
+    with stack.client_for(env.settings) as client:
+        try:
+            renewed = client.request(
+                "POST", "auth/token/renew-self", body={"increment": 86400}, token=token
+            )
+            return int(renewed["auth"]["lease_duration"]), left
+        finally:
+            client.request("POST", "auth/token/revoke-self", token=token, retry_for=2)
+
+
+def test_token_from_a_captured_assertion_is_bounded_by_max_session(env: Env) -> None:
+    """The strongest bound OpenBao gives on what a captured assertion yields: the anchor
+    role's ``token_max_ttl`` (the role's ``max_session``), whatever the assertion's own
+    ``exp`` and the session's."""
+    ttl, _ = _anchor_from_captured(env, "captured-anchor")
+    max_session = next(r.max_session for r in env.sh.state.roles if r.name == "analyst")
+    assert 0 < ttl <= max_session
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design gap (ADR 0010): a captured per-call assertion replayed to the "
+    "<role>.session role within its life yields a service token its holder renews to "
+    "the role's max_session (1 h for analyst), past the session's exp and unknown to the "
+    "registry; OpenBao's JWT login takes its TTL bounds from the role, not the JWT",
+)
+def test_token_from_a_captured_assertion_dies_with_the_session(env: Env) -> None:
+    ttl, left = _anchor_from_captured(env, "captured-anchor2")
+    assert ttl <= max(left, 0) + 1, (ttl, left)
 
 
 # -- (c) the audit log names the agent and the gateway -----------------------------------------
@@ -399,49 +455,52 @@ def _audit_entries(env: Env) -> list[dict[str, Any]]:
 
 
 def test_audit_entries_of_a_tool_call_name_agent_and_gateway(env: Env) -> None:
-    jwt = env.jwt("acme", "audited", "analyst")
+    """Every entry of the call names the agent (display name ``<mount>-<tenant>/<agent>``,
+    metadata tenant, agent, agent_role) and the gateway (metadata actor); the session's
+    anchor and what it read carry the session id too (the per-call role does not map
+    ``sid``: alias metadata is stored on the entity, see provision/render.py)."""
+    agent = f"audited-{secrets.token_hex(3)}"
+    jwt = env.jwt("acme", agent, "analyst")
     sid = live.sid(jwt)
     r = env.agent.call(env.a.url, jwt, "sql.query", {"database": PG, "sql": "SELECT 1"})
     assert r.status_code == 200, r.text
     creds = f"database/creds/acme-analyst-{PG}"
+    display = f"{env.cfg.sessions.mount}-acme/{agent}"
 
-    def of_session() -> list[dict[str, Any]]:
+    def mine() -> list[dict[str, Any]]:
         return [
-            e
-            for e in _audit_entries(env)
-            if ((e.get("auth") or {}).get("metadata") or {}).get("sid") == sid
+            e for e in _audit_entries(env) if (e.get("auth") or {}).get("display_name") == display
         ]
 
     def seen() -> bool:
-        paths = {(e["type"], e["request"]["path"]) for e in of_session()}
-        return {("response", "auth/agents/login"), ("request", creds)} <= paths
+        got = {(e["type"], e["request"]["path"], e["auth"]["metadata"].get("role")) for e in mine()}
+        return {
+            ("response", "auth/agents/login", "analyst"),
+            ("response", "auth/agents/login", "analyst.session"),
+            ("request", creds, "analyst.session"),
+        } <= got
 
     live.wait_until(seen, timeout=10, interval=0.2)
-    entries = of_session()
-    logins = [e for e in entries if e["request"]["path"] == "auth/agents/login"]
-    reads = [e for e in entries if e["request"]["path"] == creds]
-    # The per-call batch token and the session's anchor, each issued to the agent for
-    # the gateway; the credential read with the anchor.
-    assert {e["auth"]["metadata"]["role"] for e in logins} == {"analyst", "analyst.session"}
-    assert reads
-    for e in logins + reads:
-        auth = e["auth"]
-        meta = auth["metadata"]
-        assert (meta["tenant"], meta["agent"], meta["agent_role"], meta["sid"]) == (
-            "acme",
-            "audited",
-            "analyst",
-            sid,
-        ), e["request"]["path"]
-        assert meta["actor"] == env.cfg.exchange.actor  # the gateway, acting
-        assert "acme/audited" in auth["display_name"]  # the agent, subject
-        assert auth["entity_id"]
-    # The agent's alias: one entity for acme/audited, named after the agent.
-    assert len({e["auth"]["entity_id"] for e in logins + reads}) == 1
-    # The assertion itself is HMAC'd in the audit log, never in clear.
+    entries = mine()
+    for e in entries:
+        meta = e["auth"]["metadata"]
+        where = (e["type"], e["request"]["path"], meta.get("role"))
+        assert (meta["tenant"], meta["agent"], meta["agent_role"]) == ("acme", agent, "analyst"), (
+            where
+        )
+        assert meta["actor"] == env.cfg.exchange.actor, where  # the gateway, acting
+        assert e["auth"]["entity_id"], where
+        if meta.get("role") == "analyst.session":
+            assert meta["sid"] == sid, where
+    assert any(
+        e["request"]["path"] == creds and e["auth"]["metadata"].get("sid") == sid for e in entries
+    )
+    # One entity for acme/<agent>, whichever role it logged in through.
+    assert len({e["auth"]["entity_id"] for e in entries}) == 1
+    # The assertions themselves are HMAC'd in the audit log, never in clear.
     sent = [a for _, a in env.canaries.assertions if live.claims(a)["sid"] == sid]
     text = "\n".join(json.dumps(e) for e in entries)
-    assert sent and not [a for a in sent if a in text]
+    assert len(sent) == 2 and not [a for a in sent if a in text]
 
 
 # -- (d) no CEL role from the provisioner -------------------------------------------------------

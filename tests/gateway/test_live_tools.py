@@ -199,11 +199,11 @@ class Env:
         return f"https://{host}:{self.https_port}{path}"
 
     def end(self, jwt: str) -> None:
-        """DELETE the session: its credential's lease and its anchor token are revoked
-        (by this call, or by a sweeper racing it: see test_live_gateway._end)."""
+        """DELETE the session: its credential's lease and the anchor token it hangs off
+        are revoked before the answer."""
         r = self.agent.send("DELETE", f"{self.a.url}/v1/sessions/{live.sid(jwt)}", jwt)
         assert r.status_code == 200, r.text
-        assert r.json()["leases_revoked"] + r.json()["revocation_pending"] == 2, r.text
+        assert (r.json()["leases_revoked"], r.json()["state"]) == (2, "ended"), r.text
 
 
 def _redis_engine(sh: shipped.Shipped, admin: tuple[str, str]) -> None:
@@ -647,6 +647,9 @@ def _sts_secrets() -> list[str]:
 
 # -- canaries -----------------------------------------------------------------------------
 def test_zz_canaries_never_leak(env: Env) -> None:
+    """Every credential of this module (tokens, anchors, assertions, KV values, private
+    keys, identity tokens, STS keys, DB and Redis passwords): in no response, gateway
+    log line, OpenBao audit log or registry key."""
     env.agent.send("GET", f"{env.a.url}/metrics")
     haystacks = {
         "responses": "\n".join(env.agent.bodies),
@@ -666,3 +669,7 @@ def test_zz_canaries_never_leak(env: Env) -> None:
             {ln.split(" ", 1)[0] for ln in env.logs.lines for c in env.canaries.values if c in ln}
         )
         assert not hits, f"{len(hits)} credentials found in {where} (loggers: {loggers})"
+    registry = live.redis_text(env.cfg.registry.prefix)
+    assert registry  # the module's sessions (their leases revoked and gone with them)
+    hits = env.canaries.found_in(registry, accessors=False)
+    assert not hits, f"{len(hits)} credentials found in the Redis registry"
