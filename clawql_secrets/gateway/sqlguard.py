@@ -691,7 +691,9 @@ def _maria_base(tree: exp.Expr, tokens: Sequence[Token], settings: set[str]) -> 
             return _maria_base(inner, tokens, settings)
         return {"read"} if isinstance(inner, exp.Table) else {"other"}
     if isinstance(tree, exp.Show):
-        return {"read"}
+        # SHOW GRANTS prints the account's password hash (IDENTIFIED BY PASSWORD '*…'):
+        # derived from the credential, so it is a role statement, never granted.
+        return {"role"} if tree.name.upper() == "GRANTS" else {"read"}
     if isinstance(tree, exp.Use):
         settings.add("database")
         return {"session"}

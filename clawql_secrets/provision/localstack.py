@@ -94,7 +94,8 @@ def _seed_postgres(
 ) -> None:
     """The engine admin as docs/operations.md asks a DBA to set it up: not a superuser,
     ``CREATEROLE`` and ``pg_signal_backend`` (to create, terminate and drop session
-    users), owner of its database and of the tenant schemas and tables; no ``PUBLIC``
+    users), the tenants' schemas and tables ``WITH GRANT OPTION`` (granted, not owned,
+    so two stacks' admins on one machine can share the database); no ``PUBLIC``
     connection or temporary objects there; no large objects for session users."""
     a = sql.Identifier(admin)
     # The machine's PostgreSQL trusts local logins (see README): `postgres` seeds.
@@ -108,9 +109,9 @@ def _seed_postgres(
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(a, sql.Literal(password)))
         db = sql.Identifier(database)
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, a))
-        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, a))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(db))
         conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(db))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {} WITH GRANT OPTION").format(db, a))
     with psycopg.connect(host=host, port=port, user="postgres", dbname=database,
                          autocommit=True, connect_timeout=5) as conn:  # fmt: skip
         conn.execute(
@@ -119,21 +120,25 @@ def _seed_postgres(
         )
         for schema in schemas:
             ident = sql.Identifier(schema)
-            conn.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(ident, a)
-            )
-            conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(ident, a))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
             conn.execute(
                 sql.SQL("CREATE TABLE IF NOT EXISTS {}.facts (k text PRIMARY KEY, v text)").format(
                     ident
                 )
             )
-            conn.execute(sql.SQL("ALTER TABLE {}.facts OWNER TO {}").format(ident, a))
             conn.execute(
                 sql.SQL("INSERT INTO {}.facts VALUES ('tenant', %s) ON CONFLICT DO NOTHING").format(
                     ident
                 ),
                 (schema,),
+            )
+            conn.execute(
+                sql.SQL("GRANT USAGE ON SCHEMA {} TO {} WITH GRANT OPTION").format(ident, a)
+            )
+            conn.execute(
+                sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA {} TO {} WITH GRANT OPTION").format(
+                    ident, a
+                )
             )
 
 

@@ -29,7 +29,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,7 +283,7 @@ def _hs256_with_public_key(env: Env) -> str:
     return (head + b"." + body + b"." + pyjwt.utils.base64url_encode(sig)).decode()
 
 
-FORGERIES = {
+FORGERIES: dict[str, tuple[str, Callable[[Env], str]]] = {
     # (login role, how the assertion is made)
     "expired_beyond_the_clock_skew_leeway": (
         "analyst",

@@ -278,6 +278,9 @@ MARIA_REFUSED = {
     # issue 13 item 1: the session's user takes a credential
     "set_password_function": ("SET PASSWORD = PASSWORD('x')", "sql_role_refused"),
     "set_password_plain": ("SET PASSWORD = 'x'", "sql_role_refused"),
+    # Regression (red team): SHOW GRANTS printed the session user's password hash.
+    "show_grants_prints_the_password_hash": ("SHOW GRANTS", "sql_role_refused"),
+    "show_grants_for_current_user": ("SHOW GRANTS FOR CURRENT_USER", "sql_role_refused"),
     "set_password_lowercase": ("set password = password('x')", "sql_role_refused"),
     "set_password_for_current_user": (
         "SET PASSWORD FOR CURRENT_USER() = PASSWORD('x')",
