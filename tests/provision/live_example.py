@@ -28,9 +28,12 @@ def private_example(directory: Path, admin: str) -> Iterator[Path]:
         with (
             contextlib.suppress(psycopg.Error),
             psycopg.connect(
-                host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
+                host="127.0.0.1", user="postgres", dbname="clawql", autocommit=True
             ) as conn,
         ):
+            # The seed granted it the tenants' schemas WITH GRANT OPTION: gone first.
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [admin]).fetchone():
+                conn.execute(f'DROP OWNED BY "{admin}"')
             conn.execute(f'DROP ROLE IF EXISTS "{admin}"')
         with contextlib.suppress(pymysql.MySQLError):
             maria = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
