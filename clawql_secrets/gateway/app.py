@@ -51,7 +51,7 @@ from clawql_secrets.errors import (
 from clawql_secrets.gateway import openapi
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.errors import AccessDenied, RequestRejected, TokenMalformed
-from clawql_secrets.gateway.fairness import FairShare
+from clawql_secrets.gateway.fairness import AuthFailures, Busy, FairShare
 from clawql_secrets.gateway.jwt_check import SessionClaims
 
 log = logging.getLogger("clawql_secrets.gateway")
@@ -236,6 +236,9 @@ class Edge:
         self.gw = gw
         self.limits = gw.config.edge
         self.share = FairShare(self.limits)
+        self.auth_failures = AuthFailures(
+            self.limits.auth_failures, self.limits.auth_failure_window
+        )
         s = gw.config.sessions
         self.metadata_url = resource_metadata_url(s.audience)
         self.challenge = Challenge.for_metadata(self.metadata_url)
@@ -256,10 +259,31 @@ class Edge:
     def refuse(self, exc: BaseException) -> JSONResponse:
         return error_response(exc, self.challenge)
 
-    def verify(self, authorization: str) -> tuple[str, SessionClaims]:
-        """Step 1: the bearer and its verified claims (a cache hit after the first call)."""
-        bearer = _parse_bearer(authorization)
-        return bearer, self.gw.verify_session(bearer)
+    def verify(self, authorization: str, scope: Scope | None = None) -> tuple[str, SessionClaims]:
+        """Step 1: the bearer and its verified claims (a cache hit after the first call).
+
+        An address with too many recent failures is refused before any signature
+        check (``fairness.AuthFailures``); each failure here counts against it.
+        """
+        client = scope.get("client") if scope is not None else None
+        address = str(client[0]) if client else ""
+        bearer = ""
+        try:
+            bearer = _parse_bearer(authorization)
+            try:
+                self.auth_failures.check(address)
+            except Busy:
+                # Over its budget: only a bearer that already verified gets through
+                # (no signature check), so a flood of forgeries from an address that
+                # agents share does not lock out their live sessions.
+                cached = self.gw.cached_session(bearer)
+                if cached is None:
+                    raise
+                return bearer, cached
+            return bearer, self.gw.verify_session(bearer)
+        except (TokenMalformed, AuthenticationError):
+            self.auth_failures.failed(address)
+            raise
 
     async def body(self, receive: Receive, declared: str | None) -> list[Message]:
         """Step 2 (size and time)."""
@@ -275,7 +299,7 @@ class Edge:
                 authorization, seen_auth = value.decode("latin-1"), True
             elif name == b"content-length" and not seen_len:
                 declared, seen_len = value.decode("latin-1"), True
-        bearer, claims = self.verify(authorization)
+        bearer, claims = self.verify(authorization, scope)
         messages = await self.body(receive, declared)
         raw = b"".join(m.get("body", b"") for m in messages)
         args = parse_json(raw, self.limits.max_json_depth)

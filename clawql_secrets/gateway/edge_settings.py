@@ -31,6 +31,10 @@ class EdgeLimits(BaseModel):
     body_timeout: float = Field(default=10.0, gt=0, le=300)
     # Nesting of JSON bodies (REST arguments, MCP messages); deeper is 400 invalid_json.
     max_json_depth: int = Field(default=64, ge=4, le=512)
+    # Failed authentications per client address in auth_failure_window seconds before
+    # that address gets 429 without verifying (0: off).
+    auth_failures: int = Field(default=20, ge=0, le=100_000)
+    auth_failure_window: float = Field(default=10.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _ordered(self) -> EdgeLimits:

@@ -187,3 +187,54 @@ class FairShare:
         self.gateway.release(_ALL)
         self.tenants.release(tenant)
         self.sessions.release(sid)
+
+
+class AuthFailures:
+    """Failed authentications per client address, in a sliding window.
+
+    A bearer that fails verification costs a signature check on the event loop;
+    a client flooding forged tokens must not slow everyone else (red team:
+    another tenant's ``SELECT 1`` went from 5 to 121 ms under 1,900 forged
+    requests a second). Past ``limit`` failures in ``window`` seconds an address
+    gets 429 ``auth_failures`` with ``Retry-After`` before anything is verified;
+    addresses whose failures have aged out are forgotten. ``limit`` 0 disables.
+    Behind a proxy every client shares its address: size ``limit`` for that.
+    """
+
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._limit, self._window, self._clock = limit, window, clock
+        self._seen: dict[str, deque[float]] = {}
+
+    def check(self, address: str) -> None:
+        if not self._limit:
+            return
+        times = self._seen.get(address)
+        if times is None:
+            return
+        now = self._clock()
+        while times and times[0] <= now - self._window:
+            times.popleft()
+        if not times:
+            del self._seen[address]
+        elif len(times) >= self._limit:
+            wait = max(1, int(times[0] + self._window - now + 0.999))
+            raise Busy(
+                "auth_failures",
+                "too many failed authentications from this address",
+                retry_after=min(wait, _RETRY_MAX),
+            )
+
+    def failed(self, address: str) -> None:
+        if not self._limit:
+            return
+        if len(self._seen) >= _MAX_ADDRESSES and address not in self._seen:
+            self._seen.clear()  # bounded memory; the budget restarts
+        times = self._seen.setdefault(address, deque())
+        times.append(self._clock())
+        while len(times) > self._limit:
+            times.popleft()
+
+
+_MAX_ADDRESSES = 65_536

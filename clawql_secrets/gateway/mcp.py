@@ -102,7 +102,7 @@ class MCPEndpoint:
         edge = self._edge
         try:
             headers = Headers(scope=scope)
-            _, claims = edge.verify(headers.get("authorization", ""))  # step 1
+            _, claims = edge.verify(headers.get("authorization", ""), scope)  # step 1
             if scope["method"] != "POST":  # step 2
                 # GET would open an SSE stream that a stateless server never uses: it
                 # would only hold a connection. DELETE ends MCP sessions: there are none.

@@ -51,6 +51,7 @@ ERROR_CODES = [
     "session_busy",
     "tenant_busy",
     "gateway_busy",
+    "auth_failures",
     # the exchange and OpenBao
     "exchange_refused",
     "exchange_mismatch",

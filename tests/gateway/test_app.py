@@ -408,7 +408,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
         sessions={"jwks_file": str(tmp / "sessions-issuer" / "jwks.json"), "audience": CANONICAL},
         roles={"analyst": {"tools": ["echo"]}},
         max_body_bytes=2048,
-        edge={"body_timeout": 0.2, "slot_wait": 0.0},
+        edge={"body_timeout": 0.2, "slot_wait": 0.0, "auth_failures": 0},
     )
     bao = mock_openbao(fake_exchange("s.fuzz-token", []))
     tools: dict[str, Any] = {"echo": EchoTool()}
@@ -620,3 +620,26 @@ def test_no_input_is_a_500(
         assert status in (502, 503), (status, out[:300])
         assert json.loads(out)["error"]["code"] != "internal_error"
     assert b"Traceback" not in out
+
+
+def test_a_forged_token_flood_does_not_lock_out_live_sessions(tmp_path: Path) -> None:
+    """Regression (red team): 1,900 forged bearers a second from one address slowed
+    another tenant's calls 20-fold. Past its budget an address gets 429 before any
+    signature check; a bearer that already verified still gets through."""
+    with app_env(tmp_path, edge={"auth_failures": 3, "auth_failure_window": 60}) as env:
+        live = {"Authorization": f"Bearer {env.token()}"}
+        other_tool = "/v1/tools/http.request"  # not the analyst's: 403 after the edge
+        assert _code(env.client.post(other_tool, json={}, headers=live)) == "tool_not_allowed"
+        forged = {"Authorization": f"Bearer {env.token()[:-4]}AAAA"}
+        for _ in range(3):
+            r = env.client.post("/v1/tools/sql.query", json={}, headers=forged)
+            assert r.status_code == 401
+        r = env.client.post("/v1/tools/sql.query", json={}, headers=forged)
+        assert (r.status_code, _code(r)) == (429, "auth_failures")
+        assert int(r.headers["Retry-After"]) >= 1
+        # The live session's bearer is served from the verified cache: not locked out.
+        assert _code(env.client.post(other_tool, json={}, headers=live)) == "tool_not_allowed"
+        # A bearer never seen from this address waits out the budget.
+        fresh = {"Authorization": f"Bearer {env.token('reporter')}"}
+        r = env.client.post("/v1/tools/sql.query", json={}, headers=fresh)
+        assert (r.status_code, _code(r)) == (429, "auth_failures")

@@ -540,3 +540,30 @@ def test_a_stalled_body_holds_no_slot(tmp_path: Path) -> None:
             sock.close()
     assert other.status_code == 200
     assert status == 408
+
+
+# -- failed authentications per address (red team: a forged-token flood) ---------------
+def test_an_address_past_its_failure_budget_is_refused_before_verifying() -> None:
+    from clawql_secrets.gateway.fairness import AuthFailures, Busy
+
+    now = [100.0]
+    budget = AuthFailures(3, 10.0, clock=lambda: now[0])
+    for _ in range(3):
+        budget.check("10.0.0.9")
+        budget.failed("10.0.0.9")
+    with pytest.raises(Busy) as err:
+        budget.check("10.0.0.9")
+    assert err.value.code == "auth_failures" and err.value.status == 429
+    assert 1 <= err.value.retry_after <= 10
+    budget.check("10.0.0.10")  # another address is not affected
+    now[0] += 10.5  # the failures age out
+    budget.check("10.0.0.9")
+
+
+def test_no_budget_means_no_refusal() -> None:
+    from clawql_secrets.gateway.fairness import AuthFailures
+
+    off = AuthFailures(0, 10.0)
+    for _ in range(100):
+        off.failed("x")
+        off.check("x")

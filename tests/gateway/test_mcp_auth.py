@@ -122,6 +122,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         tmp,
         sessions={"jwks_file": str(tmp / "sessions-issuer" / "jwks.json"), "audience": canonical},
         roles=ROLES,
+        # This module sends many forged bearers on purpose: no per-address budget here
+        # (tests/gateway/test_app.py::test_a_forged_token_flood_does_not_lock_out_live_sessions).
+        edge={"auth_failures": 0},
     )
     token = "s." + secrets.token_urlsafe(24)
     seen: list[httpx.Request] = []
