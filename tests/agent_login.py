@@ -58,7 +58,9 @@ def agent_login(
     mount: str = "agents",
 ) -> dict[str, Any]:
     """The ``auth`` block of an agent login through the gateway's exchange."""
-    jwt = assertion(data_dir, tenant=tenant, agent=agent, role=role)
+    jwt = assertion(
+        data_dir, tenant=tenant, agent=agent, role=role, use="session" if anchor else "call"
+    )
     login_role = role + (".session" if anchor else "")
     resp = client.request(
         "POST", f"auth/{mount}/login", body={"role": login_role, "jwt": jwt}, token=""

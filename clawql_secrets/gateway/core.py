@@ -386,7 +386,8 @@ class Gateway:
         role = s.role_template.format(agent_role=claims.agent_role, tenant=claims.tenant)
         if anchor:
             role += x.session_role_suffix
-        body = {"role": role, "jwt": self.signer.assertion(claims, self.clock())}
+        use = "session" if anchor else "call"
+        body = {"role": role, "jwt": self.signer.assertion(claims, self.clock(), use=use)}
         try:
             if self.login_client is not None and not anchor:
                 resp = self.login_client.login(s.mount, body)

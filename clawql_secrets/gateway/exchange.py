@@ -43,6 +43,8 @@ from clawql_secrets.gateway.jwt_check import SessionClaims
 from clawql_secrets.tlsca import write_private
 
 ALGORITHM = "EdDSA"
+SKEW = 5  # seconds iat/nbf are backdated by (OpenBao's roles allow none on exp)
+ANCHOR_TTL = 5  # an anchor's assertion is used at once
 KEY_FILE, PUBLIC_FILE = "signing.key", "public.pem"
 
 
@@ -68,10 +70,18 @@ class ExchangeSigner:
     def from_file(cls, path: Path, spec: AssertionSpec) -> ExchangeSigner:
         return cls(load_key(path), spec)
 
-    def assertion(self, claims: SessionClaims, now: float) -> str:
-        """A signed assertion for one OpenBao login on behalf of ``claims``'s session."""
+    def assertion(self, claims: SessionClaims, now: float, *, use: str = "call") -> str:
+        """A signed assertion for one OpenBao login on behalf of ``claims``'s session.
+
+        ``use`` is ``call`` (the per-call batch role) or ``session`` (the session's
+        anchor role); the roles bind it, so an assertion opens only what it was signed
+        for. An anchor's assertion lives ``ANCHOR_TTL`` seconds: it is spent at once.
+        ``iat``/``nbf`` are backdated by ``SKEW`` seconds for clock skew with OpenBao,
+        which allows none on ``exp``.
+        """
         issued = int(now)
-        exp = min(issued + self.spec.ttl, claims.exp)
+        ttl = self.spec.ttl if use == "call" else min(self.spec.ttl, ANCHOR_TTL)
+        exp = min(issued + ttl, claims.exp)
         payload = {
             "iss": self.spec.issuer,
             "aud": self.spec.audience,
@@ -81,8 +91,9 @@ class ExchangeSigner:
             "agent_role": claims.agent_role,
             "sid": claims.sid,
             "act": {"sub": self.spec.actor},
-            "iat": issued,
-            "nbf": issued - 5,
+            "use": use,
+            "iat": issued - SKEW,
+            "nbf": issued - SKEW,
             "exp": exp,
             "jti": secrets.token_urlsafe(12),
         }

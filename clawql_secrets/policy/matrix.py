@@ -200,6 +200,7 @@ def run(
             agent_role=role,
             sid=f"matrix-{a.tenant}-{a.agent}",
             act={"sub": si.actor},
+            use="call",
         )
         resp = client.request(
             "POST", f"auth/{si.mount}/login", body={"role": role, "jwt": jwt}, token=""

@@ -420,20 +420,25 @@ def jwt_roles(state: DesiredState, role: AgentRole) -> dict[str, dict[str, Any]]
         "token_no_default_policy": False,
         "token_bound_cidrs": list(x.bound_cidrs),
         # An assertion is dead at its own exp (OpenBao's default leeway is 150 s):
-        # a replay outlives the gateway's intent by nothing. A few seconds of skew
-        # are tolerated on nbf/iat only.
+        # a replay outlives the gateway's intent by nothing. clock_skew_leeway widens
+        # exp too (measured), so it is off; nbf gets a few seconds, and the gateway
+        # backdates iat/nbf by as much for skew between its clock and OpenBao's.
         "expiration_leeway": -1,
         "not_before_leeway": 5,
-        "clock_skew_leeway": 5,
+        "clock_skew_leeway": -1,
     }
+    # An assertion names what it is for: one signed for a call cannot open an anchor
+    # (a service token its holder could renew), and the other way round.
     call = {
         **common,
+        "bound_claims": {**common["bound_claims"], "use": ["call"]},
         "token_type": "batch",
         "token_ttl": x.call_token_ttl,
         "token_max_ttl": x.call_token_ttl,
     }
     anchor = {
         **common,
+        "bound_claims": {**common["bound_claims"], "use": ["session"]},
         "claim_mappings": dict(SESSION_CLAIM_MAPPINGS),
         "token_type": "service",
         "token_ttl": min(x.anchor_ttl, role.max_session),

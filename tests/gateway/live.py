@@ -263,6 +263,10 @@ def start_process(config_path: Path, port: int, log_path: Path) -> ProcessReplic
     rep = ProcessReplica(f"http://127.0.0.1:{port}", proc, log_path)
     try:
         wait_ready(rep.url, proc=proc)
+    except RuntimeError as exc:
+        rep.stop()
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"{exc}; the end of its log:\n" + "\n".join(tail)) from None
     except BaseException:
         rep.stop()
         raise

@@ -237,6 +237,7 @@ def _assertion(env: Env, **over: Any) -> str:
         "agent_role": "analyst",
         "sid": secrets.token_urlsafe(18),
         "act": {"sub": x.actor},
+        "use": "call",
         "iat": now,
         "nbf": now - 5,
         "exp": now + x.ttl,
@@ -258,7 +259,7 @@ def _login(env: Env, role: str, assertion: str) -> int:
 def test_the_gateways_own_assertion_logs_in(env: Env) -> None:
     """The control for every forgery below: the unaltered assertion is accepted."""
     assert _login(env, "analyst", _assertion(env)) == 200
-    assert _login(env, "analyst.session", _assertion(env)) == 200
+    assert _login(env, "analyst.session", _assertion(env, use="session")) == 200
 
 
 def _alg_none(env: Env) -> str:
@@ -345,14 +346,8 @@ def test_forged_assertion_is_refused_by_openbao(env: Env, case: str) -> None:
     assert 400 <= status < 500, (case, status)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product defect (provision/render.py jwt_roles): clock_skew_leeway=5 also extends "
-    "exp, so OpenBao accepts an assertion up to 5 s after its exp despite "
-    "expiration_leeway=-1 (measured: exp-1..exp-4 accepted, exp-5 refused); "
-    "clock_skew_leeway=-1 removes it",
-)
 def test_assertion_one_second_past_exp_is_refused(env: Env) -> None:
+    """Regression: clock_skew_leeway=5 also widened exp (exp-1..exp-4 were accepted)."""
     now = int(time.time())
     assertion = _assertion(env, iat=now - 31, nbf=now - 36, exp=now - 1)
     assert 400 <= _login(env, "analyst", assertion) < 500
@@ -400,47 +395,40 @@ def test_captured_assertion_for_an_ended_session_lives_to_its_own_exp(env: Env) 
     assert 400 <= _login(env, "analyst", captured) < 500
 
 
-def _anchor_from_captured(env: Env, agent: str) -> tuple[int, int]:
-    """Replay a captured per-call assertion of an ended session to the anchor role
-    and renew the service token as far as OpenBao lets its holder: (its TTL then, what
-    was left of the session)."""
-    jwt = env.jwt("acme", agent, "analyst", ttl=120)
+def test_a_captured_call_assertion_cannot_open_a_session_anchor(env: Env) -> None:
+    """Regression: a per-call assertion replayed to ``<role>.session`` gave a service
+    token its holder renewed to the role's max_session (1 h), past the session's exp and
+    unknown to the registry. The roles now bind ``use``: a call's assertion opens the
+    per-call role only."""
+    jwt = env.jwt("acme", "captured-anchor", "analyst", ttl=120)
     env.open_session(jwt)
     captured = _captured(env, jwt)
+    assert live.claims(captured)["use"] == "call"
+    assert 400 <= _login(env, "analyst.session", captured) < 500
+    # and a session anchor's assertion does not open the per-call role either
+    anchor = _assertion(env, use="session")
+    assert 400 <= _login(env, "analyst", anchor) < 500
     env.end_session(jwt)
-    left = int(live.claims(jwt)["exp"] - time.time())
-    if time.time() >= live.claims(captured)["exp"] - 2:
-        pytest.skip("the captured assertion expired before it could be replayed (loaded box)")
-    token = str(_replay(env, "analyst.session", captured)["client_token"])
-    with stack.client_for(env.settings) as client:
-        try:
-            renewed = client.request(
-                "POST", "auth/token/renew-self", body={"increment": 86400}, token=token
-            )
-            return int(renewed["auth"]["lease_duration"]), left
-        finally:
-            client.request("POST", "auth/token/revoke-self", token=token, retry_for=2)
 
 
-def test_token_from_a_captured_assertion_is_bounded_by_max_session(env: Env) -> None:
-    """The strongest bound OpenBao gives on what a captured assertion yields: the anchor
-    role's ``token_max_ttl`` (the role's ``max_session``), whatever the assertion's own
-    ``exp`` and the session's."""
-    ttl, _ = _anchor_from_captured(env, "captured-anchor")
-    max_session = next(r.max_session for r in env.sh.state.roles if r.name == "analyst")
-    assert 0 < ttl <= max_session
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="design gap (ADR 0010): a captured per-call assertion replayed to the "
-    "<role>.session role within its life yields a service token its holder renews to "
-    "the role's max_session (1 h for analyst), past the session's exp and unknown to the "
-    "registry; OpenBao's JWT login takes its TTL bounds from the role, not the JWT",
-)
-def test_token_from_a_captured_assertion_dies_with_the_session(env: Env) -> None:
-    ttl, left = _anchor_from_captured(env, "captured-anchor2")
-    assert ttl <= max(left, 0) + 1, (ttl, left)
+def test_an_anchor_assertion_lives_seconds_and_dies_at_its_exp(env: Env) -> None:
+    """What remains (ADR 0010): an anchor's own assertion, taken off the gateway's wire
+    within its life, would open an anchor the registry does not know, renewable up to
+    the role's max_session. It lives 5 s and is refused once its exp has passed."""
+    jwt = env.jwt("acme", "anchor-life", "analyst", ttl=120)
+    env.open_session(jwt)
+    sid = live.sid(jwt)
+    with env.canaries.lock:
+        sent = list(env.canaries.assertions)
+    anchor = next(
+        a for r, a in reversed(sent) if r == "analyst.session" and live.claims(a)["sid"] == sid
+    )
+    c = live.claims(anchor)
+    assert c["use"] == "session"
+    assert c["exp"] - (c["iat"] + exchange.SKEW) <= exchange.ANCHOR_TTL
+    live.wait_until(lambda: time.time() > c["exp"] + 1, timeout=30, interval=0.2)
+    assert 400 <= _login(env, "analyst.session", anchor) < 500
+    env.end_session(jwt)
 
 
 # -- (c) the audit log names the agent and the gateway -----------------------------------------

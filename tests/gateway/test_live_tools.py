@@ -242,7 +242,12 @@ def _redis_engine(sh: shipped.Shipped, admin: tuple[str, str]) -> None:
                     f"{DB_MOUNT}/roles/{name}",
                     {
                         "db_name": REDIS_CONNECTION,
-                        "creation_statements": [f"~t:{tenant}:*", "+@read", "+@write"],
+                        "creation_statements": [
+                            f"~t:{tenant}:*",
+                            "+@read",
+                            "+@write",
+                            "-@dangerous",
+                        ],
                         "default_ttl": "15m",
                         "max_ttl": "1h",
                     },
