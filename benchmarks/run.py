@@ -25,6 +25,7 @@ MODULES = [
     "bench_provision",
     "bench_gateway",
     "bench_revocation",
+    "bench_fairness",
 ]
 OUT = Path("docs/benchmarks.md")
 _SECTION = re.compile(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->\n", re.DOTALL)

@@ -134,7 +134,8 @@ def session_users(database: str) -> list[str]:
     with contextlib.suppress(psycopg.Error), _pg(database) as c:
         rows = c.execute(
             "SELECT r.rolname FROM pg_roles r, pg_namespace n WHERE r.rolname LIKE 'v-%%' "
-            "AND n.nspname NOT LIKE 'pg_%%' AND n.nspname <> 'information_schema' "
+            "AND n.nspname NOT LIKE 'pg_%%' "
+            "AND n.nspname NOT IN ('information_schema', 'public') "  # PUBLIC may use public"
             "AND has_schema_privilege(r.oid, n.oid, 'USAGE') AND NOT r.rolsuper"
         ).fetchall()
         return sorted({str(r[0]) for r in rows})

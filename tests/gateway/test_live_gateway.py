@@ -27,7 +27,7 @@ from clawql_secrets.cluster import bootstrap, stack
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 from clawql_secrets.errors import OpenBaoError
-from clawql_secrets.gateway import session_issuer
+from clawql_secrets.gateway import exchange, session_issuer
 from clawql_secrets.gateway.anomaly import tenant_schemas_from_state
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import ACCESSOR_PREFIX, Gateway
@@ -194,7 +194,7 @@ def test_each_call_is_an_exchange_naming_agent_and_gateway(env: Env) -> None:
             "exchanged",
             ROLE,
         )
-        assert c["exp"] - c["iat"] <= x.ttl and c["exp"] <= session["exp"]
+        assert c["exp"] - (c["iat"] + exchange.SKEW) <= x.ttl and c["exp"] <= session["exp"]
     with env.canaries.lock:
         sent = [a for _, a in env.canaries.assertions]
     assert jwt not in sent and len(env.canaries.anchors) >= 1
