@@ -128,7 +128,8 @@ def _flood(
     threads = [threading.Thread(target=worker, args=(j,), daemon=True) for j in jwts]
     for t in threads:
         t.start()
-    time.sleep(1.0)  # let the flood reach its share before the victim's window
+    if threads:
+        time.sleep(1.0)  # let the flood reach its share before the victim's window
     return threads, counts
 
 
@@ -154,6 +155,9 @@ def _p(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+REPS = 5
+
+
 def _measure(s: stack.StackSettings, url: str, audience: str, edge: Any) -> str:
     issuer = session_issuer.load_issuer(s.data_dir)
 
@@ -162,37 +166,40 @@ def _measure(s: stack.StackSettings, url: str, audience: str, edge: Any) -> str:
             issuer, tenant=tenant, agent=agent, role="analyst", ttl=900, audience=audience
         )
 
-    # A fresh victim session per phase: 900 calls in a minute would trip the rate rule.
-    rows: list[tuple[str, list[float], dict[int, int]]] = []
-    rows.append(("idle (victim alone)", _victim(url, jwt("globex", "victim-0")), {}))
-
-    acme = [jwt("acme", f"flood-{i}") for i in range(FLOOD_SESSIONS)]
-    for j in acme:  # warm each flooding session (its DB user) outside the window
+    phases = (
+        "idle (victim alone)",
+        f"acme floods: {FLOOD_SESSIONS} sessions x {THREADS_PER_SESSION} threads of `{SLOW_SQL}`",
+        f"one address floods forged bearers ({FORGED_THREADS} threads)",
+    )
+    # Interleaved repetitions, a fresh victim session per phase (the rate rule counts
+    # a session's calls); p99 of 300 calls is noisy on a shared box, so ratios are
+    # taken per repetition and their median reported.
+    results: dict[str, list[tuple[list[float], dict[int, int]]]] = {p: [] for p in phases}
+    # Every session is live before the first flood: a forged flood puts the address
+    # over its failed-authentication budget, which only new bearers feel.
+    victims = [[jwt("globex", f"victim-{r}-{k}") for k in range(3)] for r in range(REPS)]
+    floods = [[jwt("acme", f"flood-{r}-{i}") for i in range(FLOOD_SESSIONS)] for r in range(REPS)]
+    for j in [v for vs in victims for v in vs] + [f for fs in floods for f in fs]:
         c = _Client(url, j)
         c.sql("SELECT 1")
         c.close()
-    lat, counts = _under(
-        url,
-        jwt("globex", "victim-1"),
-        [j for j in acme for _ in range(THREADS_PER_SESSION)],
-        SLOW_SQL,
-    )
-    rows.append(
-        (
-            f"acme floods: {FLOOD_SESSIONS} sessions x {THREADS_PER_SESSION} threads of "
-            f"`{SLOW_SQL}`",
-            lat,
-            counts,
+    for rep in range(REPS):
+        v, acme = victims[rep], floods[rep]
+        results[phases[0]].append(_under(url, v[0], [], ""))
+        results[phases[1]].append(
+            _under(url, v[1], [j for j in acme for _ in range(THREADS_PER_SESSION)], SLOW_SQL)
         )
-    )
-    forged = jwt("acme", "forger")[:-6] + "AAAAAA"
-    lat, counts = _under(url, jwt("globex", "victim-2"), [forged] * FORGED_THREADS, "SELECT 1")
-    rows.append((f"one address floods forged bearers ({FORGED_THREADS} threads)", lat, counts))
-    return _report(rows, edge)
+        forged = jwt("acme", f"forger-{rep}")[:-6] + "AAAAAA"
+        results[phases[2]].append(_under(url, v[2], [forged] * FORGED_THREADS, "SELECT 1"))
+    return _report(phases, results, edge)
 
 
-def _report(rows: list[tuple[str, list[float], dict[int, int]]], edge: Any) -> str:
-    idle_p99 = _p(rows[0][1], 0.99)
+def _report(
+    phases: tuple[str, ...],
+    results: dict[str, list[tuple[list[float], dict[int, int]]]],
+    edge: Any,
+) -> str:
+    idle = [_p(lat, 0.99) for lat, _ in results[phases[0]]]
     lines = [
         "## Fair shares (one tenant flooding vs another tenant's `SELECT 1`)",
         "",
@@ -202,22 +209,33 @@ def _report(rows: list[tuple[str, list[float], dict[int, int]]], edge: Any) -> s
         f"{edge.per_session} per session, {edge.per_tenant} per tenant, {edge.total} in all, "
         f"{edge.slot_wait} s slot wait; {edge.auth_failures} failed authentications per "
         f"{edge.auth_failure_window:.0f} s per address), globex's victim session runs "
-        f"{VICTIM_CALLS} `SELECT 1` on `pg_main` one after another in each phase. "
-        "Target (issue 13): the victim's p99 under a flood at most 2x its idle p99.",
+        f"{VICTIM_CALLS} `SELECT 1` on `pg_main` one after another in each phase; "
+        f"{REPS} interleaved repetitions, each phase's p99 divided by the same "
+        "repetition's idle p99. Target (issue 13): at most 2x.",
         "",
-        "| phase | victim p50 ms | victim p99 ms | p99 / idle p99 | flood's answers |",
-        "|---|---|---|---|---|",
+        "| phase | victim p50 ms (median) | victim p99 ms (median) | p99 / idle p99 per "
+        "repetition | median | flood's answers (all repetitions) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, lat, counts in rows:
-        answers = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-        ratio = _p(lat, 0.99) / idle_p99 if idle_p99 else float("nan")
+    worst = 0.0
+    for name in phases:
+        runs = results[name]
+        ratios = [_p(lat, 0.99) / i for (lat, _), i in zip(runs, idle, strict=True)]
+        med = statistics.median(ratios)
+        if name != phases[0]:
+            worst = max(worst, med)
+        counts: dict[int, int] = {}
+        for _, c in runs:
+            for k, v in c.items():
+                counts[k] = counts.get(k, 0) + v
+        answers = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "—"
         lines.append(
-            f"| {name} | {statistics.median(lat):.2f} | {_p(lat, 0.99):.2f} | "
-            f"{ratio:.2f}x | {answers or '—'} |"
+            f"| {name} | {statistics.median(statistics.median(lat) for lat, _ in runs):.2f} | "
+            f"{statistics.median(_p(lat, 0.99) for lat, _ in runs):.2f} | "
+            f"{', '.join(f'{r:.2f}x' for r in ratios)} | {med:.2f}x | {answers} |"
         )
-    worst = max(_p(lat, 0.99) for _, lat, _ in rows[1:]) / idle_p99
     verdict = "met" if worst <= 2.0 else "missed"
-    lines += ["", f"Worst p99 ratio under a flood: {worst:.2f}x (target ≤ 2x: {verdict})."]
+    lines += ["", f"Worst median ratio under a flood: {worst:.2f}x (target ≤ 2x: {verdict})."]
     return "\n".join(lines) + "\n"
 
 
