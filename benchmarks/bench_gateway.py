@@ -212,7 +212,9 @@ def _measure(sh: Shipped, cfg: GatewayConfig, url: str, gw_pid: int) -> str:
 
     def login_body(claims: SessionClaims, role: str = ROLE) -> bytes:
         """What the gateway sends per call: a fresh assertion signed with its key."""
-        return json.dumps({"role": role, "jwt": signer.assertion(claims, time.time())}).encode()
+        use = "session" if role.endswith(".session") else "call"
+        jwt = signer.assertion(claims, time.time(), use=use)
+        return json.dumps({"role": role, "jwt": jwt}).encode()
 
     def gateway_worker(calls: int) -> Worker:
         def work(i: int, gate: threading.Barrier) -> list[float]:
@@ -612,9 +614,9 @@ def _raft(
         f"| `DELETE /v1/sessions/{{sid}}` (2 leases, 2 anchors; gateway login + logout) "
         f"| {m('end'):.0f} | — |",
         "",
-        "Two live sessions of one agent: the agents mount maps `sid` into the entity alias's",
-        "metadata, which is last-login-wins, so each of their logins rewrites it (a raft",
-        "write per call). One session per agent at a time makes no write on a warm call.",
+        "Two live sessions of one agent: the per-call role maps no per-session claim into",
+        "the entity alias's metadata (only the anchor role maps `sid`, ADR 0010), so their",
+        "alternating logins rewrite nothing; mapping `sid` there cost one raft write per call.",
     ]
 
 
