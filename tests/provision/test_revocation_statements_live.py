@@ -860,7 +860,9 @@ def test_maria_login_from_another_host_is_refused(maria: MariaEnv) -> None:
     name, pw = maria.create_user(hosts=("10.255.255.1",))
     with pytest.raises(pymysql.MySQLError) as refused:
         maria.login(name, pw).close()
-    assert refused.value.args[0] == 1045  # access denied: no account for this host
+    # access denied, no account for this host: 1045, or 1698 when the server matched
+    # another account for the address (one using a socket or no password)
+    assert refused.value.args[0] in (1045, 1698)
     maria.revoke(name, hosts=("10.255.255.1",))
     assert_maria_gone(name)
 
