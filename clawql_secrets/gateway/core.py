@@ -5,18 +5,21 @@ Synchronous on purpose: one tool call is a short chain of blocking calls
 the ASGI layer, so the token of a call lives in one stack frame and is gone
 when the frame returns.
 
-Per tool call (see docs/adr/0005-per-call-batch-token-exchange.md):
+Per tool call (see docs/adr/0010-exchange-assertion.md):
 
-1. Verify the session JWT locally (``jwt_check``) and refuse an ended session.
-2. JWT login to OpenBao on the sessions mount with the same JWT and the
-   agent's role: a batch token, so OpenBao re-checks the identity on every
-   call at no raft write; the login's tenant/role must match the JWT.
-3. Run the tool; a first use creates the session's resources on this replica
-   (credentials read with the agent's token, leases recorded in the registry,
-   then shortened by the gateway's identity to the session's remaining life —
-   ``sys/leases/renew`` with that increment — so OpenBao itself revokes them
-   at the session's ``exp`` even if every gateway is dead).
-4. Drop the token: nothing keeps a reference once the call returns.
+1. Verify the session JWT locally (``jwt_check``), check the role may call the
+   tool, and refuse an ended session (registry).
+2. Exchange: sign a seconds-lived assertion naming the agent (subject) and this
+   gateway (actor) with the exchange key, and log in with it to the agent role's
+   per-call JWT role: a batch token, so OpenBao re-checks the identity on every
+   call at no raft write. OpenBao trusts no session JWT; the token's metadata
+   must name the JWT's tenant and role and this gateway as actor.
+3. Run the tool; a first use creates the session's resources on this replica.
+   A dynamic credential is read with a session anchor (``anchor``): a service
+   token of the session's own, its accessor recorded in the registry first, its
+   TTL and the credential's lease set to the session's remaining life, so OpenBao
+   itself revokes them at the session's ``exp`` even if every gateway is dead.
+4. Drop the tokens: nothing keeps a reference once the call returns.
 
 Anomaly rules (``anomaly``) see every call with validated arguments and every
 denied call; a hit ends the session with reason ``anomaly`` and leaves an
@@ -25,9 +28,11 @@ audit trail: a create-only KV write by the gateway's identity to
 path, rule and gateway entity in clear), the lease revocations, and a log line.
 
 Ending a session (DELETE, admin revoke, sweeper, anomaly): flip the registry state,
-revoke every lease with the gateway's own identity (a fresh login per batch,
-its token revoked right after), close this replica's resources. Another
-replica notices at its next sweep or call and closes its own.
+revoke every lease, then every anchor by accessor, with the gateway's own identity
+(a fresh login per batch, its token revoked right after), close this replica's
+resources. What could not be revoked leaves the session ``revocation_pending``
+(never "ended") and is retried by the sweeper with backoff. Another replica
+notices at its next sweep or call and closes its own.
 """
 
 from __future__ import annotations
@@ -380,7 +385,8 @@ class Gateway:
         ``anchor=False``: the role's per-call batch token (seconds-lived, no raft
         write). ``anchor=True``: the session's anchor role, a service token whose
         accessor is returned so the session's end can revoke it. Either way the
-        token's metadata must name this session and this gateway as actor.
+        token's metadata must name the JWT's tenant and role and this gateway as
+        actor, and an anchor's also this session (``sid`` is mapped there only).
         """
         s, x = self.config.sessions, self.config.exchange
         role = s.role_template.format(agent_role=claims.agent_role, tenant=claims.tenant)
