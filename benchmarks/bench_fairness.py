@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from clawql_secrets.cluster import stack
 from clawql_secrets.gateway import session_issuer
 from clawql_secrets.gateway.config import RegistrySettings
@@ -58,10 +56,7 @@ def run() -> str:
                     rep.stop()
         finally:
             stack.down(s)
-            r = redis.Redis()
-            for key in r.scan_iter(f"{prefix}:*"):
-                r.delete(key)
-            r.close()
+            live.drop_registry(prefix)
 
 
 class _Client:

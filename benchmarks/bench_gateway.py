@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 
 from clawql_secrets.cluster import stack
 from clawql_secrets.cluster.client import OpenBaoClient
@@ -188,10 +187,7 @@ def run() -> str:
                     rep.stop()
         finally:
             stack.down(s)
-            r = redis.Redis()
-            for key in r.scan_iter(f"{prefix}:*"):
-                r.delete(key)
-            r.close()
+            live.drop_registry(prefix)
 
 
 def _measure(sh: Shipped, cfg: GatewayConfig, url: str, gw_pid: int) -> str:

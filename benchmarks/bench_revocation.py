@@ -44,7 +44,6 @@ from typing import Any
 
 import psycopg
 import pymysql
-import redis
 
 from clawql_secrets.cluster import stack
 from clawql_secrets.demo import target as demo_target
@@ -91,10 +90,7 @@ def run() -> str:
                         bao.request("POST", "auth/token/revoke-self", token=root, retry_for=10)
         finally:
             stack.down(s)
-            r = redis.Redis()
-            for key in r.scan_iter(f"{prefix}:*"):
-                r.delete(key)
-            r.close()
+            live.drop_registry(prefix)
 
 
 class _Session:

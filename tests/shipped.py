@@ -130,13 +130,15 @@ def _pg(dbname: str = "postgres") -> psycopg.Connection[tuple[Any, ...]]:
 
 
 def session_users(database: str) -> list[str]:
-    """Dynamic users OpenBao made on ``database`` (they may use one of its schemas)."""
+    """Dynamic users OpenBao made on ``database``: those named in a grant on one of its
+    schemas. Roles are cluster-wide; only an explicit grantee is this database's (a
+    ``GRANT … TO PUBLIC`` would make every stack's users pass ``has_schema_privilege``)."""
     with contextlib.suppress(psycopg.Error), _pg(database) as c:
         rows = c.execute(
-            "SELECT r.rolname FROM pg_roles r, pg_namespace n WHERE r.rolname LIKE 'v-%%' "
-            "AND n.nspname NOT LIKE 'pg_%%' "
-            "AND n.nspname NOT IN ('information_schema', 'public') "  # PUBLIC may use public"
-            "AND has_schema_privilege(r.oid, n.oid, 'USAGE') AND NOT r.rolsuper"
+            "SELECT r.rolname FROM pg_namespace n, aclexplode(n.nspacl) a "
+            "JOIN pg_roles r ON r.oid = a.grantee WHERE r.rolname LIKE 'v-%' "
+            "AND n.nspname NOT LIKE 'pg_%' "
+            "AND n.nspname NOT IN ('information_schema', 'public') AND NOT r.rolsuper"
         ).fetchall()
         return sorted({str(r[0]) for r in rows})
     return []

@@ -386,7 +386,10 @@ def foreign_schemas(
 ) -> list[str]:
     """The schemas of tenants other than ``tenant`` that ``sql`` names, first seen first."""
     every = frozenset(s for owned in tenant_schemas.values() for s in owned)
-    others = every - frozenset(tenant_schemas.get(tenant, ()))
+    return _foreign(sql, every - frozenset(tenant_schemas.get(tenant, ())), every)
+
+
+def _foreign(sql: str, others: frozenset[str], every: frozenset[str]) -> list[str]:
     found: list[str] = []
     if not others:
         return found
@@ -427,6 +430,9 @@ class Detector:
         self.settings = s = settings
         self.calls_window = Window(s.rate_window if s.enabled else 0.0, s.rate_max + 1)
         self.denied_window = Window(s.denied_window if s.enabled else 0.0, s.denied_max + 1)
+        # out_of_scope's name sets, derived once here rather than on every call.
+        self._every = frozenset(x for owned in s.tenant_schemas.values() for x in owned)
+        self._others = {t: self._every - frozenset(o) for t, o in s.tenant_schemas.items()}
 
     def scope(self, tenant: str, tool: str, args: Mapping[str, Any]) -> Hit | None:
         """``out_of_scope``: a scanned argument of ``tool`` names another tenant's schema."""
@@ -436,7 +442,8 @@ class Detector:
         for fname in s.scope_fields.get(tool, []):
             value = args.get(fname)
             if isinstance(value, str):
-                foreign = foreign_schemas(value, tenant, s.tenant_schemas)
+                others = self._others.get(tenant, self._every)
+                foreign = _foreign(value, others, self._every)
                 if foreign:
                     return Hit(OUT_OF_SCOPE, f"{tool} argument {fname} names schema {foreign[0]}")
         return None

@@ -25,6 +25,7 @@ What a tool call passes at the edge (``Edge``), REST and MCP alike, in order:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -307,7 +308,8 @@ class Edge:
         started = await share.acquire(claims.sid, claims.tenant)  # step 3
         try:
             result = await anyio.to_thread.run_sync(
-                self.gw.call_tool, bearer, tool, args, limiter=share.threads
+                functools.partial(self.gw.call_tool, bearer, tool, args, verified=claims),
+                limiter=share.threads,
             )
         finally:
             share.release(claims.sid, claims.tenant, started)

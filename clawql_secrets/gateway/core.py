@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import ValidationError
 
@@ -75,6 +75,7 @@ R = TypeVar("R", bound=Resource)
 ACCESSOR_PREFIX = "accessor:"
 REVOCATION_PENDING = "revocation_pending"
 _RETRY_FIRST, _RETRY_MAX = 1.0, 300.0
+_PENDING_BATCH = 100  # pending sessions looked at per sweep
 
 
 class _Token:
@@ -310,6 +311,11 @@ class Gateway:
         # Ended sessions whose revocation failed: when to retry, and the last delay.
         self._retry_at: dict[str, tuple[float, float]] = {}
         self._ending: set[str] = set()
+        # Role -> the installed tools it may call, looked up on every call.
+        self._role_tools = {
+            role: frozenset(t for t in policy.tools if t in self.tools)
+            for role, policy in config.roles.items()
+        }
         self.anomaly = Detector(config.anomaly)
         x = config.exchange
         self.signer = ExchangeSigner.from_file(
@@ -326,10 +332,7 @@ class Gateway:
     def tools_for(self, agent_role: str) -> list[str]:
         """The installed tools a session of ``agent_role`` may call (the desired state's
         ``roles[].tools``); what is not listed is refused before anything else happens."""
-        policy = self.config.roles.get(agent_role)
-        if policy is None:
-            return []
-        return sorted(t for t in policy.tools if t in self.tools)
+        return sorted(self._role_tools.get(agent_role, ()))
 
     # -- authentication ----------------------------------------------------------
     def verify_session(self, bearer: str) -> SessionClaims:
@@ -339,12 +342,9 @@ class Gateway:
         from ``_VerifiedCache``; anything else takes the full check.
         """
         now = self.clock()
-        digest = b""
-        if len(bearer) <= self.session_policy.limits.max_bytes:
-            digest = hashlib.sha256(bearer.encode("utf-8", "surrogatepass")).digest()
-            hit = self._verified.get(digest, self.jwks.keys, now)
-            if hit is not None:
-                return hit
+        digest, hit = self._cached(bearer, now)
+        if hit is not None:
+            return hit
         keys = self.jwks.for_kid(_peek_kid(bearer))
         claims = jwt_check.verify_session(bearer, keys, self.session_policy, now=now)
         if digest:
@@ -353,10 +353,14 @@ class Gateway:
 
     def cached_session(self, bearer: str) -> SessionClaims | None:
         """The claims of a bearer that already verified (no signature check), or None."""
+        return self._cached(bearer, self.clock())[1]
+
+    def _cached(self, bearer: str, now: float) -> tuple[bytes, SessionClaims | None]:
+        """The bearer's cache key (empty past the size limit) and its cached claims."""
         if len(bearer) > self.session_policy.limits.max_bytes:
-            return None
+            return b"", None
         digest = hashlib.sha256(bearer.encode("utf-8", "surrogatepass")).digest()
-        return self._verified.get(digest, self.jwks.keys, self.clock())
+        return digest, self._verified.get(digest, self.jwks.keys, now)
 
     def verify_admin(self, bearer: str) -> str:
         if self.config.admin is None or self.admin_keys is None:
@@ -468,24 +472,32 @@ class Gateway:
                 log.warning("anchor bound failed sid=%s status=%s", claims.sid, exc.status)
         if not 0 < ttl <= max(remaining, 1):
             token.drop()
-            self.revoke_leases(claims.sid, [entry])
-            if remaining < 1:
-                raise TokenRejected("session_expired", "this session has expired")
-            raise BackendUnavailable(
-                "lease_unbounded", "the session's token could not be bounded to its life"
-            )
+            self._unbounded(claims.sid, entry, remaining)
         self.metrics.anchors.inc()
         return token
 
+    def _unbounded(self, sid: str, entry: str, remaining: int) -> NoReturn:
+        """Fail closed: what could not be bounded to the session's life is revoked now."""
+        self.revoke_leases(sid, [entry])
+        if remaining < 1:
+            raise TokenRejected("session_expired", "this session has expired")
+        raise BackendUnavailable(
+            "lease_unbounded", "a credential could not be bounded to the session's life"
+        )
+
     # -- tool calls --------------------------------------------------------------------
-    def call_tool(self, bearer: str, tool_name: str, args: Any) -> dict[str, Any]:
+    def call_tool(
+        self, bearer: str, tool_name: str, args: Any, *, verified: SessionClaims | None = None
+    ) -> dict[str, Any]:
+        """One tool call. ``verified``: the bearer's claims when the HTTP edge has
+        already verified it (``verify_session``), so it is not looked up twice."""
         tool = self.tools.get(tool_name)
         label = tool_name if tool else "unknown"
         start = time.perf_counter()
         outcome = "error"
         claims: SessionClaims | None = None
         try:
-            claims = self.verify_session(bearer)
+            claims = verified if verified is not None else self.verify_session(bearer)
             if claims.exp <= self.clock():
                 # The clock-skew grace of jwt_check does not extend a session: its
                 # leases end at exp (bound_lease) and the sweeper ends it at exp.
@@ -494,7 +506,7 @@ class Gateway:
                 raise RequestRejected(
                     "unknown_tool", f"no tool named {tool_name[:64]!r}", status=404
                 )
-            if tool_name not in self.tools_for(claims.agent_role):
+            if tool_name not in self._role_tools.get(claims.agent_role, ()):
                 raise AccessDenied(
                     "tool_not_allowed", f"role {claims.agent_role} may not call {tool_name}"
                 )
@@ -630,12 +642,7 @@ class Gateway:
             self.metrics.lease_bounds.labels("ok").inc()
             return new_ttl
         self.metrics.lease_bounds.labels("failed").inc()
-        self.revoke_leases(claims.sid, [lease.lease_id])
-        if remaining < 1:
-            raise TokenRejected("session_expired", "this session has expired")
-        raise BackendUnavailable(
-            "lease_unbounded", "a credential could not be bounded to the session's life"
-        )
+        self._unbounded(claims.sid, lease.lease_id, remaining)
 
     def _local_session(self, claims: SessionClaims) -> _LocalSession:
         with self._local_lock:
@@ -722,9 +729,8 @@ class Gateway:
                 try:
                     self._revoke_one(lease, token)
                 except OpenBaoError as exc:
-                    if exc.status == 400 and self._already_gone(lease, token):
-                        pass  # another replica or the sweeper revoked it meanwhile
-                    else:
+                    # A 400 for what another replica (or the sweeper) just revoked is done.
+                    if not (exc.status == 400 and self._already_gone(lease, token)):
                         self.metrics.revoke_failures.labels("openbao").inc()
                         log.warning("lease revoke failed sid=%s status=%s", sid, exc.status)
                         continue
@@ -802,12 +808,15 @@ class Gateway:
             rec = self.registry.get(sid)
             self.end_session(sid, exp=rec.exp if rec else int(now), reason="expired")
             n += 1
-        mono = self.clock()
-        for sid in self.registry.pending():
+        pending = self.registry.pending(_PENDING_BATCH)
+        if len(pending) < _PENDING_BATCH:  # the whole set: forget what was revoked elsewhere
+            for sid in set(self._retry_at) - set(pending):
+                self._retry_at.pop(sid, None)
+        for sid in pending:
             due, delay = self._retry_at.get(sid, (0.0, _RETRY_FIRST / 2))
             with self._local_lock:
                 busy = sid in self._ending  # this replica's DELETE is revoking it now
-            if mono < due or busy:
+            if now < due or busy:
                 continue
             leases = self.registry.leases(sid)
             if not leases:  # its lease set expired with the record: nothing left to revoke
@@ -819,7 +828,7 @@ class Gateway:
                 done = self.revoke_leases(sid, leases)
             if done < len(leases):  # back off: 1 s, 2 s, 4 s … at most 5 minutes
                 delay = min(delay * 2, _RETRY_MAX)
-                self._retry_at[sid] = (mono + delay, delay)
+                self._retry_at[sid] = (now + delay, delay)
             else:
                 self._retry_at.pop(sid, None)
         self.metrics.pending_revocation.set(self.registry.count_pending())

@@ -97,6 +97,10 @@ class ExchangeSigner:
             "exp": exp,
             "jti": secrets.token_urlsafe(12),
         }
+        return self.sign(payload)
+
+    def sign(self, payload: dict[str, Any]) -> str:
+        """``payload`` as a compact JWS with the exchange key (EdDSA, this key's ``kid``)."""
         return jwt.encode(payload, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
     def __repr__(self) -> str:
@@ -111,22 +115,22 @@ def stack_key_dir(data_dir: Path) -> Path:
 def minter(path: Path, issuer: str) -> Callable[..., str]:
     """``mint(subject, audience, ttl=60, **claims)`` signing with the exchange key at
     ``path``: what the policy capability matrix logs in with, as the gateway does."""
-    key = load_key(path)
-    kid = key_id(key.public_key())
+    signer = ExchangeSigner(load_key(path), AssertionSpec(issuer, "", ""))
 
     def mint(subject: str, audience: str, ttl: int = 60, **claims: Any) -> str:
         now = int(time.time())
-        payload = {
-            "iss": issuer,
-            "sub": subject,
-            "aud": audience,
-            "iat": now,
-            "nbf": now - 5,
-            "exp": now + ttl,
-            "jti": secrets.token_urlsafe(12),
-            **claims,
-        }
-        return jwt.encode(payload, key, algorithm=ALGORITHM, headers={"kid": kid})
+        return signer.sign(
+            {
+                "iss": issuer,
+                "sub": subject,
+                "aud": audience,
+                "iat": now - SKEW,
+                "nbf": now - SKEW,
+                "exp": now + ttl,
+                "jti": secrets.token_urlsafe(12),
+                **claims,
+            }
+        )
 
     return mint
 

@@ -231,10 +231,8 @@ class AuthFailures:
             return
         if len(self._seen) >= _MAX_ADDRESSES and address not in self._seen:
             self._seen.clear()  # bounded memory; the budget restarts
-        times = self._seen.setdefault(address, deque())
-        times.append(self._clock())
-        while len(times) > self._limit:
-            times.popleft()
+        # Only the newest ``limit`` failures matter: the deque drops older ones itself.
+        self._seen.setdefault(address, deque(maxlen=self._limit)).append(self._clock())
 
 
 _MAX_ADDRESSES = 65_536

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.names import ROLE_RE as ROLE_RE
+from clawql_secrets.names import SESSION_ROLE_SUFFIX
 from clawql_secrets.policy.generate import POLICY_PREFIX
 
 
@@ -54,16 +55,12 @@ def _roles(client: OpenBaoClient, token: str, mount: str) -> list[str]:
     return sorted(str(k) for k in (resp.get("data") or {}).get("keys") or [])
 
 
-# The session anchor role of agent role <role> (ADR 0010) carries the same policy.
-SESSION_SUFFIX = ".session"
-
-
 def wanted_policies(client: OpenBaoClient, token: str, role: str) -> tuple[str, ...]:
     """What the role's logins must carry: its own approved policy, or nothing.
 
     ``<role>`` and its session anchor ``<role>.session`` both carry ``agent-<role>``.
     """
-    base = role.removesuffix(SESSION_SUFFIX)
+    base = role.removesuffix(SESSION_ROLE_SUFFIX)
     if not ROLE_RE.fullmatch(base):
         return ()
     name = POLICY_PREFIX + base

@@ -24,13 +24,12 @@ from clawql_secrets.cluster import bootstrap, stack
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.errors import ClawQLError, ConfigError, InputError, OpenBaoError
-from clawql_secrets.gateway.jwt_check import NAME_RE as AGENT_NAME_RE
 from clawql_secrets.issuer import LocalIssuer
-from clawql_secrets.provision.model import NAME_RE as TENANT_NAME_RE
+from clawql_secrets.names import AGENT_RE, SECRET_RE, TENANT_RE
 from clawql_secrets.provision.render import KV_MOUNT
 
 # The names a role may list under ``secrets:`` (provision.model.SecretName).
-SECRET_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+SECRET_NAME_RE = SECRET_RE
 FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 # Injected values go into one HTTP header: a few KiB at most, one line.
 MAX_VALUE_BYTES = 8192
@@ -38,10 +37,10 @@ _FORBIDDEN_CHARS = frozenset("\r\n\0")
 # A tenant must be both a clawql.yaml tenant and what a session JWT can carry.
 _RULES: dict[str, tuple[tuple[re.Pattern[str], ...], str]] = {
     "tenant": (
-        (re.compile(TENANT_NAME_RE), AGENT_NAME_RE),
+        (TENANT_RE,),
         "a tenant of clawql.yaml: lower-case letters and digits, at most 31, letter first",
     ),
-    "agent": ((AGENT_NAME_RE,), "lower-case letters, digits, '_' and '-', at most 63"),
+    "agent": ((AGENT_RE,), "lower-case letters, digits, '_' and '-', at most 63"),
     "secret name": (
         (SECRET_NAME_RE,),
         "a name from the role's `secrets:` list: [a-z][a-z0-9_-], at most 63",

@@ -31,7 +31,7 @@ from clawql_secrets.certs.config import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from clawql_secrets.names import NAME_RE as NAME_RE  # the one grammar, and why
 
 Name = Annotated[str, StringConstraints(pattern=NAME_RE)]
-SecretName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+SecretName = Annotated[str, StringConstraints(pattern=names.SECRET_PATTERN)]
 PersonName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9._-]{0,63}$")]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")]
 HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.:-]{1,253}$")]

@@ -21,6 +21,7 @@ from typing import Any
 
 from clawql_secrets.cluster.kv import KV_MAX_VERSIONS
 from clawql_secrets.cluster.kv import KV_MOUNT as KV_MOUNT
+from clawql_secrets.names import SESSION_ROLE_SUFFIX
 from clawql_secrets.provision import statements
 from clawql_secrets.provision.model import AgentRole, Database, DbGrant, DesiredState, Service
 
@@ -387,9 +388,6 @@ def service_role(svc: Service) -> dict[str, Any]:
         "max_ttl": svc.ttl,
         "no_store": True,
     }
-
-
-SESSION_ROLE_SUFFIX = ".session"
 
 
 def jwt_roles(state: DesiredState, role: AgentRole) -> dict[str, dict[str, Any]]:

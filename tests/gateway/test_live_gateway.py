@@ -287,7 +287,7 @@ def test_two_replicas_share_the_registry(env: Env) -> None:
     info = env.agent.send("GET", f"{env.a.url}/v1/sessions/{live.sid(jwt)}", jwt).json()
     assert info["lease_count"] == 4  # two DB leases, two anchor accessors
     _end(env, env.a.url, jwt, entries=4)  # ended on A
-    live.wait_until(lambda: not role_exists(user_a) and not role_exists(user_b), timeout=1.0)
+    live.wait_until(lambda: not role_exists(user_a) and not role_exists(user_b), timeout=10)
     assert backends_of(user_b) == 0
     r = env.sql(env.b.url, jwt, "SELECT 1")
     assert (r.status_code, r.json()["error"]["code"]) == (401, "session_ended")
@@ -301,7 +301,7 @@ def test_admin_revoke(env: Env) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (403, "not_admin")
     r = env.agent.send("POST", f"{env.a.url}/v1/sessions/{sid}/revoke", env.admin_jwt())
     assert r.status_code == 200, r.text
-    live.wait_until(lambda: not role_exists(user), timeout=1.0)
+    live.wait_until(lambda: not role_exists(user), timeout=10)
     info = env.agent.send("GET", f"{env.b.url}/v1/sessions/{sid}", env.admin_jwt()).json()
     assert (info["state"], info["ended_reason"]) == ("ended", "revoked")
 
@@ -473,7 +473,7 @@ def test_leader_kill_during_tool_calls(env: Env) -> None:
         assert info["state"] == "active" and info["lease_count"] >= 1
         r = env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{sid}", jwt)
         assert r.status_code == 200, r.text
-    live.wait_until(lambda: not any(role_exists(u) for u in users), timeout=2.0)
+    live.wait_until(lambda: not any(role_exists(u) for u in users), timeout=10)
     failures = sum(1 for ts, st in log if ts > killed and st != 200)
     print(f"leader kill: resumed after {first_ok - killed:.2f}s, {failures} failed calls")
 

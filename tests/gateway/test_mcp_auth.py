@@ -32,7 +32,6 @@ from mcp.client.auth.utils import (
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import ProtectedResourceMetadata
 from mcp.shared.auth_utils import check_resource_allowed
-from mcp.shared.exceptions import MCPError
 
 from clawql_secrets.gateway import session_issuer
 from clawql_secrets.gateway.app import WELL_KNOWN, build_app
@@ -41,6 +40,7 @@ from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.issuer import LocalIssuer
 from tests.gateway import live
 from tests.gateway.fakes import mock_openbao, unit_config
+from tests.gateway.mcp_helpers import refused, rpc
 from tests.gateway.test_app import EchoTool, fake_exchange, serving
 
 MODES = ["legacy", "2026-07-28"]
@@ -139,35 +139,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         bao.close()
 
 
-@contextlib.contextmanager
-def refused() -> Iterator[None]:
-    """The SDK client fails with an ``MCPError`` (possibly inside its task groups'
-    exception groups, when the refusal comes while the client is entered)."""
-
-    def mcp_error(exc: BaseException) -> bool:
-        if isinstance(exc, BaseExceptionGroup):
-            return all(mcp_error(e) for e in exc.exceptions)
-        return isinstance(exc, MCPError)
-
-    try:
-        yield
-    except BaseException as exc:
-        if not mcp_error(exc):
-            raise
-        return
-    raise AssertionError("the SDK client was not refused")
-
-
-def _rpc(method: str, params: dict[str, Any] | None = None, rid: int | None = 1) -> dict[str, Any]:
-    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-    if rid is not None:
-        msg["id"] = rid
-    if params is not None:
-        msg["params"] = params
-    return msg
-
-
-INIT = _rpc(
+INIT = rpc(
     "initialize",
     {
         "protocolVersion": "2025-11-25",
@@ -175,8 +147,8 @@ INIT = _rpc(
         "clientInfo": {"name": "auth-test", "version": "0"},
     },
 )
-LIST = _rpc("tools/list")
-CALL = _rpc("tools/call", {"name": "sql.query", "arguments": {"text": "x"}})
+LIST = rpc("tools/list")
+CALL = rpc("tools/call", {"name": "sql.query", "arguments": {"text": "x"}})
 
 
 def _modern(body: dict[str, Any]) -> dict[str, Any]:
@@ -342,9 +314,9 @@ def test_an_ended_session_gets_401_on_every_method(env: Env, mode: str) -> None:
     anyio.run(reconnect)
     expected = f'Bearer error="invalid_token", resource_metadata="{env.metadata_url}"'
     version = "2026-07-28" if mode != "legacy" else "2025-11-25"
-    bodies = [INIT, LIST, CALL, _rpc("ping"), _rpc("notifications/initialized", rid=None)]
+    bodies = [INIT, LIST, CALL, rpc("ping"), rpc("notifications/initialized", rid=None)]
     if mode != "legacy":
-        bodies = [_modern(b) for b in bodies[1:]] + [_rpc("server/discover")]
+        bodies = [_modern(b) for b in bodies[1:]] + [rpc("server/discover")]
     for body in bodies:
         r = env.post("/mcp", f"Bearer {jwt}", body, version=version)
         assert (r.status_code, r.json()["error"]["code"]) == (401, "session_ended"), body

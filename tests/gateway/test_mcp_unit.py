@@ -34,6 +34,7 @@ from clawql_secrets.gateway.registry import MemoryRegistry
 from clawql_secrets.gateway.tools import ToolContext
 from clawql_secrets.issuer import LocalIssuer
 from tests.gateway.fakes import mock_openbao, unit_config
+from tests.gateway.mcp_helpers import rpc
 from tests.gateway.test_app import fake_exchange
 
 LIMIT = 2048
@@ -162,14 +163,7 @@ async def served(app: Starlette) -> AsyncIterator[Served]:
         yield Served(raw, [], app)
 
 
-def _rpc(method: str, params: dict[str, Any] | None = None, rid: int = 1) -> dict[str, Any]:
-    msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
-    if params is not None:
-        msg["params"] = params
-    return msg
-
-
-INIT = _rpc(
+INIT = rpc(
     "initialize",
     {
         "protocolVersion": "2025-11-25",
@@ -225,7 +219,7 @@ def test_unauthenticated_is_401(
 
     async def go() -> None:
         async with served(env.app) as s:
-            for body in (INIT, _rpc("tools/call", {"name": "echo", "arguments": {"text": "x"}})):
+            for body in (INIT, rpc("tools/call", {"name": "echo", "arguments": {"text": "x"}})):
                 r = await s.post(authorization, body)
                 assert r.status_code == 401, (case, r.text)
                 missing = case in ("missing", "not_bearer_scheme", "empty_bearer")
@@ -340,7 +334,7 @@ def test_stateless_call_needs_no_session(env: Env) -> None:
         async with served(env.app) as s:
             r = await s.post(env.jwt(), INIT)
             assert r.status_code == 200 and "mcp-session-id" not in r.headers
-            call = _rpc("tools/call", {"name": "echo", "arguments": {"text": "again"}}, rid=7)
+            call = rpc("tools/call", {"name": "echo", "arguments": {"text": "again"}}, rid=7)
             r = await s.post(env.jwt(), call, headers={"Mcp-Protocol-Version": "2025-11-25"})
             assert r.status_code == 200, r.text
             result = r.json()["result"]
@@ -386,7 +380,7 @@ def test_ended_session_is_401_on_every_method(env: Env) -> None:
     ``tools/list`` too, not only ``tools/call``, and the SDK client cannot go on."""
     jwt = env.jwt()
     claims = _claims(jwt)
-    call = _rpc("tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    call = rpc("tools/call", {"name": "echo", "arguments": {"text": "x"}})
 
     async def go() -> None:
         async with served(env.app) as s:
@@ -401,7 +395,7 @@ def test_ended_session_is_401_on_every_method(env: Env) -> None:
                     await session.list_tools()
                 with pytest.raises(MCPError):
                     await session.call_tool("echo", {"text": "x"})
-            for body in (INIT, _rpc("tools/list"), call, _rpc("ping")):
+            for body in (INIT, rpc("tools/list"), call, rpc("ping")):
                 r = await s.post(jwt, body)
                 assert (r.status_code, r.json()["error"]["code"]) == (401, "session_ended")
                 assert r.headers["www-authenticate"] == env.challenge.invalid_token

@@ -352,7 +352,16 @@ class AWSTool:
         # 2. The call; credentials when botocore signs it.
         role_arn = policy.role_arn_template.format(tenant=c.tenant, agent_role=c.agent_role)
         creds = ctx.resource(f"aws:{role_arn}", _Creds)
-        deferred = _DeferredCredentials(lambda: self._credentials(ctx, creds, role_arn))
+        # The redactor of the keys this call signed with, not whatever ``creds`` holds
+        # once it returns (refreshed, or cleared by the session ending meanwhile).
+        used: list[Redactor] = []
+
+        def fetch() -> dict[str, str]:
+            values, redactor = self._credentials(ctx, creds, role_arn)
+            used.append(redactor)
+            return values
+
+        deferred = _DeferredCredentials(fetch)
         client = self._session(deferred).create_client(
             args.service,
             region_name=s.region,
@@ -379,17 +388,20 @@ class AWSTool:
         resp.pop("ResponseMetadata", None)
         budget = s.max_result_bytes
         # The session's own secrets never leave, even if echoed, in any form.
-        result = _jsonable(resp, budget, creds.redactor)
+        result = _jsonable(resp, budget, used[-1] if used else creds.redactor)
         if len(json.dumps(result)) > budget:
             raise RequestRejected(
                 "result_too_large", f"the result exceeds {budget} bytes", status=422
             )
         return {"result": result}
 
-    def _credentials(self, ctx: ToolContext, creds: _Creds, role_arn: str) -> dict[str, str]:
+    def _credentials(
+        self, ctx: ToolContext, creds: _Creds, role_arn: str
+    ) -> tuple[dict[str, str], Redactor]:
+        """The session's credentials, and the redactor of their secret parts."""
         with creds.lock:
-            if creds.values and time.time() < creds.expires - 60:
-                return dict(creds.values)
+            if creds.values and creds.redactor is not None and time.time() < creds.expires - 60:
+                return dict(creds.values), creds.redactor
             c = ctx.claims
             oidc_role = self.settings.oidc_role_template.format(
                 agent_role=c.agent_role, tenant=c.tenant
@@ -437,7 +449,7 @@ class AWSTool:
                 raise BackendUnavailable("aws_unavailable", "STS returned no credentials")
             keys = [creds.values[k].encode() for k in ("SecretAccessKey", "SessionToken")]
             creds.redactor = Redactor([k for k in keys if len(k) >= MIN_SECRET_BYTES])
-            return dict(creds.values)
+            return dict(creds.values), creds.redactor
 
 
 def _translate(exc: botocore.exceptions.ClientError) -> Exception:

@@ -269,10 +269,10 @@ def _pattern(pat: str) -> tuple[str, int]:
     wild = text.startswith("https://*.")
     if wild:
         text = "https://" + text[len("https://*.") :]
-    host, port = _destination(text)
+    dest = parse_url(text)
     if urlsplit(text).path not in ("", "/"):
         raise _bad_url("an allow-list entry names a host and port only")
-    return ("*." + host if wild else host), port
+    return ("*." + dest.host if wild else dest.host), dest.port
 
 
 def _allowed(host: str, port: int, patterns: list[str]) -> bool:
@@ -368,6 +368,7 @@ class HTTPRequestTool:
     def __init__(self, settings: HTTPSettings) -> None:
         self.settings = settings
         self._with_secret: dict[str, frozenset[str]] = {}
+        self._trust: ssl.SSLContext | None = None  # without a client cert: built once
         self._allow: dict[str, list[tuple[str, int]]] = {}
         for role, pol in settings.roles.items():
             where = f"tools.{NAME}.roles.{role}"
@@ -496,10 +497,15 @@ class HTTPRequestTool:
         return full.encode(), key.encode()
 
     def _ssl_context(self, cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+        """The trust store alone is read once and shared; a client cert needs its own."""
+        if not cert_pem and self._trust is not None:
+            return self._trust
         s = self.settings
         ctx = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if cert_pem:
+        if not cert_pem:
+            self._trust = ctx
+        else:
             try:
                 load_chain_from_memory(ctx, cert_pem, key_pem)
             except NoMemoryFiles:
