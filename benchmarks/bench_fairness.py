@@ -16,7 +16,6 @@ import contextlib
 import http.client
 import json
 import logging
-import secrets
 import statistics
 import tempfile
 import threading
@@ -26,7 +25,6 @@ from typing import Any
 
 from clawql_secrets.cluster import stack
 from clawql_secrets.gateway import session_issuer
-from clawql_secrets.gateway.config import RegistrySettings
 from tests.gateway import live
 from tests.shipped import provisioned
 
@@ -41,12 +39,11 @@ def run() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         s = stack.free_settings(d / "stack")
-        prefix = f"clawql:gwfair:{secrets.token_hex(4)}"
         try:
             stack.up(s)
             with provisioned(s, d) as sh:
                 cfg = sh.gateway_config(
-                    port=live.free_port(), registry=RegistrySettings(prefix=prefix)
+                    port=live.free_port(), registry_prefix=live.registry_prefix("fair")
                 )
                 rep = live.start_in_process(cfg.model_dump(mode="json"), live.Canaries())
                 logging.getLogger("uvicorn.access").disabled = True
@@ -56,7 +53,6 @@ def run() -> str:
                     rep.stop()
         finally:
             stack.down(s)
-            live.drop_registry(prefix)
 
 
 class _Client:

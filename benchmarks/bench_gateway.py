@@ -52,11 +52,11 @@ from typing import Any
 
 import psycopg
 
-from clawql_secrets.cluster import stack
+from clawql_secrets.cluster import redis_registry, stack
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 from clawql_secrets.gateway import session_issuer
-from clawql_secrets.gateway.config import GatewayConfig, RegistrySettings
+from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.exchange import AssertionSpec, ExchangeSigner
 from clawql_secrets.gateway.jwt_check import SessionClaims
 from clawql_secrets.issuer import LocalIssuer
@@ -96,11 +96,13 @@ def _machine_cpu() -> float:
 def _groups(s: StackSettings, gw_pid: int | None = None) -> dict[str, list[int]]:
     """The processes whose CPU the gateway path and the raw path spend, by part."""
     nodes = [str(s.node_config(n)) for n in NODE_IDS]
+    # The stack's registry Redis (TLS, ADR 0011), not the machine's on 6379.
+    registry = json.loads(redis_registry.marker_path(s).read_text())
     out: dict[str, list[int]] = {
         "OpenBao nodes": [],
         "audit shipper": [],
         "PostgreSQL": [],
-        "Redis": [],
+        "Redis": [int(registry["redis_pid"])],
         "gateway": [gw_pid] if gw_pid else [],
     }
     for entry in Path("/proc").iterdir():
@@ -117,8 +119,6 @@ def _groups(s: StackSettings, gw_pid: int | None = None) -> dict[str, list[int]]
             out["audit shipper"].append(int(entry.name))
         elif comm == "postgres":
             out["PostgreSQL"].append(int(entry.name))
-        elif comm == "redis-server":
-            out["Redis"].append(int(entry.name))
     return out
 
 
@@ -172,12 +172,11 @@ def run() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         s = stack.free_settings(d / "stack")
-        prefix = f"clawql:gwbench:{secrets.token_hex(4)}"
         try:
             stack.up(s)
             with provisioned(s, d) as sh:
                 port = live.free_port()
-                cfg = sh.gateway_config(port=port, registry=RegistrySettings(prefix=prefix))
+                cfg = sh.gateway_config(port=port, registry_prefix=live.registry_prefix("bench"))
                 path = d / "gateway.json"
                 path.write_text(cfg.model_dump_json())
                 rep = live.start_process(path, port, d / "gateway.log")
@@ -187,7 +186,6 @@ def run() -> str:
                     rep.stop()
         finally:
             stack.down(s)
-            live.drop_registry(prefix)
 
 
 def _measure(sh: Shipped, cfg: GatewayConfig, url: str, gw_pid: int) -> str:
@@ -352,10 +350,10 @@ def _measure(sh: Shipped, cfg: GatewayConfig, url: str, gw_pid: int) -> str:
             f"{'met' if meets else 'missed'}).",
             "",
             "CPU per call (ms) in the same windows, by part: `/proc` counters of the stack's",
-            "OpenBao nodes and audit shipper, every PostgreSQL and Redis process, the gateway",
-            "process (0 on the raw path: it is idle there), this load generator, and the whole",
-            "machine (`/proc/stat`, every process, both cores). Throughput at 8 sessions is bound",
-            "by the whole machine's CPU per call:",
+            "OpenBao nodes, audit shipper and registry Redis, every PostgreSQL process, the",
+            "gateway process (0 on the raw path: it is idle there), this load generator, and the",
+            "whole machine (`/proc/stat`, every process, both cores). Throughput at 8 sessions",
+            "is bound by the whole machine's CPU per call:",
             "",
             "| path | sessions | " + " | ".join(parts) + " |",
             "|---|---|" + "---|" * len(parts),

@@ -49,10 +49,11 @@ from clawql_secrets.cluster import stack
 from clawql_secrets.demo import target as demo_target
 from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.gateway import session_issuer
-from clawql_secrets.gateway.config import GatewayConfig, RegistrySettings
+from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import ACCESSOR_PREFIX
 from tests.gateway import live
-from tests.gateway.test_live_exchange_counts import root_token, session_id
+from tests.gateway.live import root_token
+from tests.gateway.test_live_exchange_counts import session_id
 from tests.shipped import Shipped, provisioned
 
 SESSIONS = 100  # per trigger and role
@@ -67,14 +68,13 @@ def run() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         s = stack.free_settings(d / "stack")
-        prefix = f"clawql:gwrevoke:{secrets.token_hex(4)}"
         try:
             stack.up(s)
             with provisioned(s, d) as sh, stack.client_for(s, retry_for=20) as bao:
                 root = root_token(s, bao)
                 try:
                     cfg = sh.gateway_config(
-                        port=live.free_port(), registry=RegistrySettings(prefix=prefix)
+                        port=live.free_port(), registry_prefix=live.registry_prefix("revoke")
                     )
                     canaries = live.Canaries()
                     rep = live.start_in_process(cfg.model_dump(mode="json"), canaries)
@@ -90,7 +90,6 @@ def run() -> str:
                         bao.request("POST", "auth/token/revoke-self", token=root, retry_for=10)
         finally:
             stack.down(s)
-            live.drop_registry(prefix)
 
 
 class _Session:

@@ -22,6 +22,7 @@ MODULES = [
     "bench_audit",
     "bench_redact",
     "bench_shipper",
+    "bench_witness",
     "bench_provision",
     "bench_gateway",
     "bench_revocation",

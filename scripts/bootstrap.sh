@@ -92,3 +92,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch "$stamp"
 fi
+# checkov (tests/cluster/test_manifests_checks.py) pins boto3 to a release the project
+# cannot use, so it gets a virtualenv of its own: pyproject.toml's `checkov` group.
+ck=.venv/checkov
+if [ ! -x "$ck/bin/checkov" ] || [ pyproject.toml -nt "$ck/.installed" ]; then
+  echo "bootstrap: installing checkov into $ck"
+  .venv/bin/python -m venv --without-pip --clear "$ck"
+  .venv/bin/python -m pip --python "$ck/bin/python" install -q --group checkov
+  touch "$ck/.installed"
+fi

@@ -4,7 +4,8 @@ A live test gets OpenBao configured exactly as ``clawql-secrets up`` configures
 it: the example desired state (``examples/clawql.yaml``), applied by the
 provisioner and its policies approved four-eyes (``provision_state``), and a
 gateway whose configuration is derived from that same state
-(``stack_gateway_config``). The only differences are names a test must own on a
+(``stack_gateway_config``: the stack's registry Redis, TLS only, a Redis user
+OpenBao issues per replica). The only differences are names a test must own on a
 shared machine: its PostgreSQL database and the engines' admin user carry a run
 id, so two stacks (a developer's ``make up`` and a test) never share an admin
 whose password OpenBao rotates. ``extra`` appends YAML (more roles, tenants).
@@ -54,11 +55,16 @@ class Shipped:
     admin: str
     result: ExampleResult
 
-    def gateway_config(self, port: int | None = None, **update: Any) -> GatewayConfig:
-        """The gateway configuration ``up`` would write for this state (another port)."""
+    def gateway_config(
+        self, port: int | None = None, *, registry_prefix: str | None = None, **update: Any
+    ) -> GatewayConfig:
+        """The gateway configuration ``up`` would write for this state (another port; its
+        own namespace in the stack's registry, under the gateway role's key pattern)."""
         cfg = stack_gateway_config(self.settings, self.state)
         if port is not None:
             update["port"] = port
+        if registry_prefix is not None:
+            update["registry"] = cfg.registry.model_copy(update={"prefix": registry_prefix})
         return cfg.model_copy(update=update) if update else cfg
 
     def agents_accessor(self) -> str:

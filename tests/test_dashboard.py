@@ -121,6 +121,7 @@ def exported_names() -> set[str]:
     shipper.duplicate("openbao-0")
     shipper.error("openbao-0", "store")
     shipper.published("openbao-0", Checkpoint("clawql.local/audit/openbao-0", 2, bytes(32)), 2)
+    shipper.witnessed("witness.example/w1", "openbao-0", "cosigned", 2)
 
     certs = CertsMetrics(clock=lambda: 1_000.0)
     certs.renewed("orders", 1_900.0)

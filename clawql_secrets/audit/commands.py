@@ -8,18 +8,30 @@ log holds none and the checks print names and indexes, not entry contents.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clawql_secrets.audit import layout, verify
-from clawql_secrets.audit.checkpoint import Checkpoint, VerifierKey, open_checkpoint
+from clawql_secrets.audit.checkpoint import Checkpoint, VerifierKey
+from clawql_secrets.audit.errors import SignatureError
+from clawql_secrets.audit.key_transition import load_keyset
+from clawql_secrets.audit.keyset import KeySet
 from clawql_secrets.audit.store import LocalWormStore, WormStore
 from clawql_secrets.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from clawql_secrets.audit.bundle import TrustPolicy
+    from clawql_secrets.audit.query import Match
+    from clawql_secrets.audit.witnessing import WitnessPolicy
 
 
 def register(sub: Any) -> None:
@@ -43,6 +55,20 @@ def register(sub: Any) -> None:
         metavar="URL",
         help="a Prometheus server: every checkpoint (size, root) it recorded must fit the log",
     )
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a trusted witness's C2SP tlog-cosignature key; with it, each stream's newest "
+        "checkpoint must be cosigned and every stored cosignature must verify; repeatable",
+    )
+    p.add_argument(
+        "--witness-threshold",
+        type=int,
+        metavar="K",
+        help="how many of the --witness-key witnesses must have cosigned (default: all)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_verify)
 
@@ -51,6 +77,14 @@ def register(sub: Any) -> None:
     _pubkey(p, required=False)
     p.add_argument("--stream", required=True, help="log stream (one per OpenBao node)")
     p.add_argument("--index", type=int, required=True, help="0-based entry index")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        metavar="FILE",
+        help="write an offline proof bundle (C2SP tlog-proof carrying the entry; "
+        "see audit/bundle.py) to FILE instead of printing JSON",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing --bundle FILE")
     p.set_defaults(func=_prove)
 
     p = asub.add_parser(
@@ -64,11 +98,21 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_consistency)
 
     p = asub.add_parser(
-        "check-proof", help="check a proof printed by `audit prove` or `audit consistency`"
+        "check-proof",
+        help="check offline a proof bundle, or a proof printed by `audit prove|consistency`",
     )
-    _pubkey(p, required=True)
-    p.add_argument("--origin-prefix", default=layout.DEFAULT_ORIGIN_PREFIX)
-    p.add_argument("proof", type=Path, help="the proof JSON file ('-' for stdin)")
+    _trusted_keys(p)
+    p.add_argument(
+        "--origin-prefix",
+        default=layout.DEFAULT_ORIGIN_PREFIX,
+        help=f"checkpoint origin prefix (default {layout.DEFAULT_ORIGIN_PREFIX})",
+    )
+    p.add_argument("--stream", help="the stream the proof must be for (default: any under it)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--bundle", type=Path, metavar="FILE", help="a .tlog-proof bundle ('-' for stdin)"
+    )
+    src.add_argument("proof", type=Path, nargs="?", help="a proof JSON file ('-' for stdin)")
     p.set_defaults(func=_check_proof)
 
     p = asub.add_parser(
@@ -82,6 +126,19 @@ def register(sub: Any) -> None:
     p.add_argument("--since", help="ISO 8601 time with zone (inclusive)")
     p.add_argument("--until", help="ISO 8601 time with zone (inclusive)")
     p.add_argument("--stream", action="append", default=[], help="only these streams")
+    p.add_argument(
+        "--proofs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="include each match's inclusion proof in the JSON (default: yes)",
+    )
+    p.add_argument(
+        "--bundle-dir",
+        type=Path,
+        metavar="DIR",
+        help="also write one offline proof bundle per match, DIR/<stream>-<index>.tlog-proof",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite existing bundle files")
     p.set_defaults(func=_query)
 
     p = asub.add_parser("ship", help="tail, redact and ship the nodes' audit files (foreground)")
@@ -93,6 +150,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="ingest configuration (JSON/YAML)")
     p.set_defaults(func=_ingest)
+
+    from clawql_secrets.witness.commands import register as register_witness
+
+    register_witness(asub)
 
 
 def _store(p: argparse.ArgumentParser) -> None:
@@ -112,16 +173,18 @@ def _store(p: argparse.ArgumentParser) -> None:
 def _pubkey(p: argparse.ArgumentParser, *, required: bool) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--pubkey", metavar="VERIFIER_KEY", help="C2SP verifier key <name>+<hash>+<key>")
-    g.add_argument("--pubkey-file", type=Path, help="a file holding the verifier key")
+    g.add_argument(
+        "--pubkey-file",
+        type=Path,
+        help="the log's verifier key file: one key, or every key the log used with the sizes "
+        "at which each took over (the shipper's verifier.txt)",
+    )
 
 
-def _verifier(args: argparse.Namespace) -> VerifierKey | None:
+def _verifier(args: argparse.Namespace) -> KeySet | None:
     if args.pubkey_file is not None:
-        try:
-            return VerifierKey.parse(args.pubkey_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read verifier key file {args.pubkey_file}") from exc
-    return None if args.pubkey is None else VerifierKey.parse(args.pubkey)
+        return load_keyset(args.pubkey_file)
+    return None if args.pubkey is None else KeySet.single(VerifierKey.parse(args.pubkey))
 
 
 def _open_store(args: argparse.Namespace) -> WormStore:
@@ -152,7 +215,7 @@ def _verify(args: argparse.Namespace) -> int:
         raise InputError("a verifier key is required")
     known: list[Checkpoint] = []
     for path in args.known:
-        known.append(open_checkpoint(_read(path), verifier))
+        known.append(verifier.open_any(_read(path)))
     if args.prometheus:
         from clawql_secrets.audit.query import prometheus_heads
 
@@ -162,7 +225,11 @@ def _verify(args: argparse.Namespace) -> int:
         known.extend(h.checkpoint for h in heads)
         print(f"checking {len(heads)} tree heads recorded by Prometheus", file=sys.stderr)
     result = verify.report(
-        _open_store(args), verifier, origin_prefix=args.origin_prefix, known=known
+        _open_store(args),
+        verifier,
+        origin_prefix=args.origin_prefix,
+        known=known,
+        witnesses=_witness_policy(args),
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
@@ -173,45 +240,207 @@ def _verify(args: argparse.Namespace) -> int:
             if s.problem:
                 print(f"FAIL {s.stream}: {s.problem}")
             else:
+                witnessed = ""
+                if s.cosigned_by is not None:
+                    witnessed = f", cosigned by {', '.join(sorted(s.cosigned_by))}"
                 print(
                     f"ok   {s.stream}: {s.entries} entries, {s.checkpoints} checkpoints, "
-                    f"latest size {s.latest_size} root {s.latest_root}"
+                    f"latest size {s.latest_size} root {s.latest_root}{witnessed}"
                 )
         print("verified" if result.ok else "NOT verified")
     return 0 if result.ok else 1
 
 
+def _witness_policy(args: argparse.Namespace) -> WitnessPolicy | None:
+    from clawql_secrets.audit.cosignature import WitnessKey
+    from clawql_secrets.audit.witnessing import WitnessPolicy
+
+    if not args.witness_key:
+        if args.witness_threshold is not None:
+            raise ConfigError("--witness-threshold needs --witness-key")
+        return None
+    keys = tuple(WitnessKey.parse(k) for k in args.witness_key)
+    return WitnessPolicy(
+        keys, len(keys) if args.witness_threshold is None else args.witness_threshold
+    )
+
+
 def _prove(args: argparse.Namespace) -> int:
+    if args.force and args.bundle is None:
+        raise InputError("--force only applies with --bundle")
+    verifier = _verifier(args)
     proof = verify.prove(
         _open_store(args),
         args.stream,
         args.index,
-        _verifier(args),
+        verifier,
         origin_prefix=args.origin_prefix,
     )
-    print(json.dumps(proof.to_json(), indent=2))
+    if args.bundle is None:
+        print(json.dumps(proof.to_json(), indent=2))
+        return 0
+    data = _bundle_of(proof, verifier, args.origin_prefix)
+    _write_new(args.bundle, data, force=args.force)
+    print(f"wrote {args.bundle}: entry {proof.index} of stream {proof.stream!r}")
     return 0
 
 
-def _check_proof(args: argparse.Namespace) -> int:
-    verifier = _verifier(args)
-    if verifier is None:
-        raise InputError("a verifier key is required")
+def _bundle_of(proof: verify.InclusionProof, verifier: KeySet | None, origin_prefix: str) -> bytes:
+    """The bundle of ``proof``, checked as its reader will check it when a key is at hand."""
+    from clawql_secrets.audit.bundle import Bundle, TrustPolicy, check_bundle
+
+    data = Bundle.from_proof(proof).to_bytes()
+    if verifier is not None:
+        policy = TrustPolicy((verifier,), origin_prefix=origin_prefix, stream=proof.stream)
+        check_bundle(data, policy)
+    return data
+
+
+def _write_new(path: Path, data: bytes, *, force: bool) -> None:
+    """Write ``path`` atomically (a crash leaves no half file); never replace one unless forced.
+
+    The data goes to a temporary file beside it, fsync'd, then ``link(2)``ed
+    into place, which fails on an existing file, even one created meanwhile
+    (``rename(2)`` with ``force``); the directory is fsync'd after.
+    """
     try:
-        document = json.loads(_read(args.proof))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{args.proof} is not JSON") from exc
-    if isinstance(document, dict) and document.get("format") == verify.CONSISTENCY_FORMAT:
-        cons = verify.ConsistencyProof.from_json(document)
-        old, new = verify.check_consistency(cons, verifier, origin_prefix=args.origin_prefix)
-        print(
-            f"stream {cons.stream!r}: the signed tree of size {old.size} is a prefix of "
-            f"the signed tree of size {new.size}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+    try:
+        try:
+            os.fchmod(fd, 0o644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError as exc:
+                raise InputError(f"{path} exists: not overwriting it (use --force)") from exc
+        dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path`` ('-': stdin); more is refused unread."""
+    try:
+        if str(path) == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with path.open("rb") as f:
+                data = f.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}") from exc
+    if len(data) > limit:
+        raise InputError(f"{path} exceeds {limit} bytes: not a proof bundle")
+    return data
+
+
+def _trusted_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pubkey",
+        action="append",
+        default=[],
+        metavar="VERIFIER_KEY",
+        help="a trusted log key <name>+<hash>+<key>; repeat for every key the log used",
+    )
+    p.add_argument(
+        "--pubkey-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a trusted log key file (one key, or the log's key set with its ranges); repeatable",
+    )
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a trusted witness's C2SP tlog-cosignature verifier key; repeatable",
+    )
+    p.add_argument(
+        "--witness-threshold",
+        type=int,
+        metavar="K",
+        help="how many of the --witness-key witnesses must have cosigned (default: all)",
+    )
+
+
+def _trust_roots(args: argparse.Namespace) -> tuple[KeySet, ...]:
+    roots = [KeySet.single(VerifierKey.parse(k)) for k in args.pubkey]
+    roots.extend(load_keyset(path) for path in args.pubkey_file)
+    if not roots:
+        raise InputError("a trusted log key is required: --pubkey or --pubkey-file")
+    return tuple(roots)
+
+
+def _check_proof(args: argparse.Namespace) -> int:
+    from clawql_secrets.audit import bundle
+    from clawql_secrets.audit.cosignature import WitnessKey
+
+    roots = _trust_roots(args)
+    witnesses = tuple(WitnessKey.parse(k) for k in args.witness_key)
+    policy = bundle.TrustPolicy(
+        roots,
+        origin_prefix=args.origin_prefix,
+        stream=args.stream,
+        witness_keys=witnesses,
+        witness_threshold=args.witness_threshold,
+    )
+    if args.bundle is not None:
+        data = _read_bounded(args.bundle, bundle.max_bundle_bytes(policy.limits))
+    else:
+        try:
+            document = json.loads(_read(args.proof))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{args.proof} is not JSON") from exc
+        if isinstance(document, dict) and document.get("format") == verify.CONSISTENCY_FORMAT:
+            return _check_consistency(verify.ConsistencyProof.from_json(document), policy)
+        proof = verify.InclusionProof.from_json(document)
+        if args.stream is not None and args.stream != proof.stream:
+            raise InputError(f"the proof is for stream {proof.stream!r}, not {args.stream!r}")
+        policy = dataclasses.replace(policy, stream=proof.stream)
+        data = bundle.Bundle.from_proof(proof).to_bytes()
+    result = bundle.report(data, policy)
+    print("\n".join(result.lines()))
+    return 0 if result.ok else 1
+
+
+def _check_consistency(proof: verify.ConsistencyProof, policy: TrustPolicy) -> int:
+    """A consistency proof holds under the first trust root that signed its checkpoints."""
+    if policy.witness_keys:
+        raise InputError("witness keys apply to inclusion proofs and bundles only")
+    if policy.stream is not None and policy.stream != proof.stream:
+        raise InputError(f"the proof is for stream {proof.stream!r}, not {policy.stream!r}")
+    for keys in policy.log_keys[:-1]:
+        try:
+            old, new = verify.check_consistency(proof, keys, origin_prefix=policy.origin_prefix)
+            break
+        except SignatureError:
+            continue
+    else:
+        old, new = verify.check_consistency(
+            proof, policy.log_keys[-1], origin_prefix=policy.origin_prefix
         )
-        return 0
-    proof = verify.InclusionProof.from_json(document)
-    cp = verify.check_inclusion(proof, verifier, origin_prefix=args.origin_prefix)
-    print(f"entry {proof.index} of stream {proof.stream!r} is in the log at tree size {cp.size}")
+    print(
+        f"stream {proof.stream!r}: the signed tree of size {old.size} is a prefix of "
+        f"the signed tree of size {new.size}"
+    )
     return 0
 
 
@@ -234,6 +463,10 @@ def _query(args: argparse.Namespace) -> int:
     verifier = _verifier(args)
     if verifier is None:
         raise InputError("a verifier key is required")
+    if args.bundle_dir is not None and not args.proofs:
+        raise InputError("--bundle-dir writes proofs: it cannot go with --no-proofs")
+    if args.force and args.bundle_dir is None:
+        raise InputError("--force only applies with --bundle-dir")
     flt = QueryFilter(
         agent=args.agent,
         tenant=args.tenant,
@@ -248,35 +481,82 @@ def _query(args: argparse.Namespace) -> int:
         origin_prefix=args.origin_prefix,
         only_streams=args.stream,
     )
-    print(json.dumps({"matches": [m.to_json() for m in matches]}, indent=2))
+    documents = [m.to_json() for m in matches]
+    if args.bundle_dir is not None:
+        _write_bundles(args.bundle_dir, matches, documents, verifier, args)
+    if not args.proofs:
+        for doc in documents:
+            del doc["proof"]
+    print(json.dumps({"matches": documents}, indent=2))
     return 0
+
+
+def _write_bundles(
+    directory: Path,
+    matches: list[Match],
+    documents: list[dict[str, object]],
+    verifier: KeySet,
+    args: argparse.Namespace,
+) -> None:
+    """One bundle per match, named ``<stream>-<index>.tlog-proof``; the JSON names each.
+
+    Without ``--force``, any existing target stops the run before a file is written.
+    """
+    from clawql_secrets.audit.bundle import EXTENSION
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {directory}: {exc.strerror}") from exc
+    paths = [directory / f"{m.stream}-{m.index}{EXTENSION}" for m in matches]
+    taken = [str(p) for p in paths if p.exists()]
+    if taken and not args.force:
+        raise InputError(f"{', '.join(taken[:3])} exist: not overwriting them (use --force)")
+    for match, path, doc in zip(matches, paths, documents, strict=True):
+        _write_new(path, _bundle_of(match.proof, verifier, args.origin_prefix), force=args.force)
+        doc["bundle"] = str(path)
+    print(f"wrote {len(paths)} bundles to {directory}", file=sys.stderr)
 
 
 def _ship(args: argparse.Namespace) -> int:
     from clawql_secrets.audit.metrics import registry_for
     from clawql_secrets.audit.ship_config import load_config, open_signer, open_store
     from clawql_secrets.audit.shipper import Shipper
+    from clawql_secrets.audit.witnessing import WitnessSubmitter
+    from clawql_secrets.witness.client import WitnessClient
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("clawql_secrets").setLevel(logging.INFO)
     config = load_config(args.config)
     store = open_store(config.store)
     signer, release = open_signer(config.signer)
+    keys = None
     if config.verifier_file is not None:
+        from clawql_secrets.audit.key_transition import adopt
         from clawql_secrets.audit.ship_config import verifier_of
 
         try:
-            config.verifier_file.parent.mkdir(parents=True, exist_ok=True)
-            config.verifier_file.write_text(str(verifier_of(signer)) + "\n", encoding="utf-8")
-        except OSError as exc:
+            # The log's key set, with a key transition if the signer's key is new.
+            keys = adopt(
+                store, verifier_of(signer), config.verifier_file, origin_prefix=config.origin_prefix
+            )
+        except BaseException:
             release()
-            raise ConfigError(f"cannot write the verifier key to {config.verifier_file}") from exc
+            raise
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server = None
+    clients: list[WitnessClient] = []
     try:
-        with Shipper(config.sources(), store, signer, config.settings()) as shipper:
+        clients = [
+            WitnessClient(w.url, w.witness_key(), timeout=w.timeout_seconds)
+            for w in config.witnesses
+        ]
+        submitter = WitnessSubmitter(clients, store) if clients else None
+        with Shipper(
+            config.sources(), store, signer, config.settings(), keys=keys, witnesses=submitter
+        ) as shipper:
             if config.metrics is not None:
                 from prometheus_client import start_http_server
 
@@ -300,6 +580,8 @@ def _ship(args: argparse.Namespace) -> int:
         if server is not None:
             server.shutdown()
             server.server_close()
+        for client in clients:
+            client.close()
         release()
     print("stopped", flush=True)
     return 0

@@ -26,7 +26,8 @@ from clawql_secrets.errors import InputError
 SEGMENTS = "segments"
 CHECKPOINTS = "checkpoints"
 DEFAULT_ORIGIN_PREFIX = "clawql.local/audit"
-_STREAM = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+STREAM_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_STREAM = STREAM_PATTERN
 _SEGMENT_NAME = re.compile(rf"{SEGMENTS}/({_STREAM})/([0-9]{{20}})-([0-9]{{20}})\.jsonl")
 _CHECKPOINT_NAME = re.compile(rf"{CHECKPOINTS}/({_STREAM})/([0-9]{{20}})\.txt")
 

@@ -19,19 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from clawql_secrets.audit import layout, merkle
-from clawql_secrets.audit.checkpoint import (
-    Checkpoint,
-    Signer,
-    VerifierKey,
-    open_checkpoint,
-    sign_checkpoint,
-)
+from clawql_secrets.audit.checkpoint import Checkpoint, Signer, VerifierKey, sign_checkpoint
 from clawql_secrets.audit.errors import ConsistencyError
+from clawql_secrets.audit.keyset import KeySet
 from clawql_secrets.audit.layout import DEFAULT_LIMITS, AuditLimits
 from clawql_secrets.audit.store import WormStore
 from clawql_secrets.audit.tree import MerkleTree
 from clawql_secrets.audit.verify import replay_stream
-from clawql_secrets.errors import InputError
+from clawql_secrets.errors import ConfigError, InputError
 
 
 @dataclass(frozen=True)
@@ -141,14 +136,27 @@ class StreamLog:
         self.published = checkpoint
 
 
+def latest_note(store: WormStore, stream: str) -> bytes | None:
+    """The stored note of the stream's largest checkpoint, unchecked; None if there is none."""
+    names = store.list(f"{layout.CHECKPOINTS}/{stream}/")
+    if not names:
+        return None
+    return store.get(max(names, key=lambda n: layout.parse_checkpoint_name(n)[1]))
+
+
 class AuditLog:
-    """Streams of audit entries published to a WORM store under one signing key."""
+    """Streams of audit entries published to a WORM store under one signing key.
+
+    ``keys`` is the log's key set (``keyset``) when the log changed keys: what
+    is stored is checked against it, and the signer's key must be its newest.
+    """
 
     def __init__(
         self,
         store: WormStore,
         signer: Signer,
         *,
+        keys: KeySet | None = None,
         origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,
         limits: AuditLimits = DEFAULT_LIMITS,
     ) -> None:
@@ -156,8 +164,15 @@ class AuditLog:
         self.signer = signer
         self.origin_prefix = origin_prefix
         self.limits = limits
-        self._verifier = VerifierKey.from_public_key(signer.key_name, signer.public_key_bytes())
+        own = VerifierKey.from_public_key(signer.key_name, signer.public_key_bytes())
+        self.keys = keys if keys is not None else KeySet.single(own)
+        if self.keys.index_of(own) != len(self.keys.epochs) - 1:
+            raise ConfigError(
+                f"the signing key {own} is not the newest key of the log's key set",
+                fix="adopt it with a key transition (key_transition.adopt), or use the newest key",
+            )
         self._streams: dict[str, StreamLog] = {}
+        self._notes: dict[str, bytes] = {}  # the newest note this process stored, per stream
 
     def stream(self, stream: str) -> StreamLog:
         """The stream's log, recomputed and verified from the store on first use.
@@ -178,7 +193,7 @@ class AuditLog:
         state = replay_stream(
             self.store,
             stream,
-            self._verifier,
+            self.keys,
             origin_prefix=self.origin_prefix,
             limits=self.limits,
             require_covered=False,
@@ -206,15 +221,26 @@ class AuditLog:
                 log.segment_stored(step.segment)
             self.store.put_once(step.checkpoint_name, step.note)
             log.checkpoint_stored(step.checkpoint)
+            self._notes[stream] = step.note
         return steps[-1].checkpoint if steps else None
+
+    def published_note(self, stream: str) -> bytes | None:
+        """The signed note of the stream's newest published checkpoint (what witnesses get)."""
+        log = self.stream(stream)
+        if log.published is None:
+            return None
+        note = self._notes.get(stream)
+        if note is None:
+            note = self.store.get(layout.checkpoint_name(stream, log.published.size))
+            self._notes[stream] = note
+        return note
 
     def checkpoint_all(self) -> dict[str, Checkpoint | None]:
         return {stream: self.checkpoint(stream) for stream in sorted(self._streams)}
 
     def _latest_stored(self, stream: str) -> Checkpoint | None:
-        names = self.store.list(f"{layout.CHECKPOINTS}/{stream}/")
-        if not names:
+        note = latest_note(self.store, stream)
+        if note is None:
             return None
-        latest = max(names, key=lambda n: layout.parse_checkpoint_name(n)[1])
         origin = layout.origin(self.origin_prefix, stream)
-        return open_checkpoint(self.store.get(latest), self._verifier, origin=origin)
+        return self.keys.open(note, stream=stream, origin=origin)[0]

@@ -15,6 +15,21 @@ Exported per stream (label ``stream``, a node name):
     clawql_audit_redactions_total{type}         redactions by type
     clawql_audit_errors_total{kind}             failures by kind (store, tail, signer, integrity)
 
+and, from the shipper's loop (``stream_status``; not for Fluent Bit ingest streams),
+recomputed at every scrape so that a stuck loop still shows:
+
+    clawql_audit_lag_entries                    entries not yet in a stored checkpoint
+                                                (appended + complete lines not yet read)
+    clawql_audit_lag_seconds                    age of the oldest of them (as first seen)
+    clawql_audit_stream_stalled                 1 when the stream is stalled, else 0
+    clawql_audit_stream_state{state}            1 for the stream's state (ok, catching_up,
+                                                failing, stalled), 0 for the others
+    clawql_audit_last_error_timestamp_seconds   when the stream last failed (if it has)
+    clawql_audit_checkpoint_interval_seconds    the configured checkpoint interval, so
+                                                alert rules can be written in intervals
+
+(``stream_status`` explains the states and why 1.5 intervals make a stall.)
+
 Labels carry only stream names, fixed vocabularies and the public checkpoint
 root (hex): never an entry's content, so never a secret. Because the root is
 a label of ``clawql_audit_checkpoint_info``, every (size, root) a Prometheus
@@ -34,9 +49,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from clawql_secrets.audit.checkpoint import Checkpoint
+from clawql_secrets.audit.stream_status import State, StreamStatus
 from clawql_secrets.errors import InputError
 
 CHECKPOINT_INFO = "clawql_audit_checkpoint_info"
+_LOOP_FAMILIES = frozenset(
+    {
+        "clawql_audit_lag_entries",
+        "clawql_audit_lag_seconds",
+        "clawql_audit_stream_stalled",
+        "clawql_audit_stream_state",
+        "clawql_audit_last_error_timestamp_seconds",
+        "clawql_audit_checkpoint_interval_seconds",
+    }
+)
 
 
 @dataclass
@@ -51,6 +77,10 @@ class _Stream:
     notices: Counter[str] = field(default_factory=Counter)
     redactions: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    status: StreamStatus | None = None
+    # per witness: submissions by outcome, and the size it last cosigned
+    witness_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    witness_cosigned: dict[str, int] = field(default_factory=dict)
 
 
 class ShipperMetrics(Collector):
@@ -111,6 +141,17 @@ class ShipperMetrics(Collector):
         with self._lock:
             self._s(stream).errors[kind] += 1
 
+    def witnessed(self, witness: str, stream: str, outcome: str, cosigned: int | None) -> None:
+        with self._lock:
+            s = self._s(stream)
+            s.witness_outcomes[(witness, outcome)] += 1
+            if cosigned is not None:
+                s.witness_cosigned[witness] = cosigned
+
+    def stream_status(self, status: StreamStatus) -> None:
+        with self._lock:
+            self._s(status.stream).status = status
+
     # -- scrape ------------------------------------------------------------
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -149,8 +190,54 @@ class ShipperMetrics(Collector):
                 "Entries read but not yet in a stored checkpoint.",
                 labels=["stream"],
             ),
+            "lag_entries": GaugeMetricFamily(
+                "clawql_audit_lag_entries",
+                "Entries not yet in a stored checkpoint (appended + lines not yet read).",
+                labels=["stream"],
+            ),
+            "lag_seconds": GaugeMetricFamily(
+                "clawql_audit_lag_seconds",
+                "Age of the oldest entry not yet in a stored checkpoint (as first seen).",
+                labels=["stream"],
+            ),
+            "stalled": GaugeMetricFamily(
+                "clawql_audit_stream_stalled",
+                "1 when nothing was published for 1.5 checkpoint intervals while entries wait.",
+                labels=["stream"],
+            ),
+            "state": GaugeMetricFamily(
+                "clawql_audit_stream_state",
+                "1 for the stream's state (ok, catching_up, failing, stalled), 0 for others.",
+                labels=["stream", "state"],
+            ),
+            "error_time": GaugeMetricFamily(
+                "clawql_audit_last_error_timestamp_seconds",
+                "When the stream last failed (Unix time).",
+                labels=["stream"],
+            ),
+            "interval": GaugeMetricFamily(
+                "clawql_audit_checkpoint_interval_seconds",
+                "The configured checkpoint interval.",
+                labels=["stream"],
+            ),
         }
+        g["w_size"] = GaugeMetricFamily(
+            "clawql_audit_witness_cosigned_size",
+            "Tree size of the newest checkpoint the witness cosigned.",
+            labels=["stream", "witness"],
+        )
+        g["w_lag"] = GaugeMetricFamily(
+            "clawql_audit_witness_lag_entries",
+            "Entries in the newest stored checkpoint that the witness has not cosigned.",
+            labels=["stream", "witness"],
+        )
         c = {
+            "witness": CounterMetricFamily(
+                "clawql_audit_witness_submissions",
+                "Checkpoints sent to a witness, by outcome (cosigned, conflict, refused, "
+                "misconfigured, unavailable).",
+                labels=["stream", "witness", "outcome"],
+            ),
             "entries": CounterMetricFamily(
                 "clawql_audit_entries", "Leaves appended.", labels=["stream"]
             ),
@@ -188,7 +275,24 @@ class ShipperMetrics(Collector):
                     c["redactions"].add_metric([name, kind], n)
                 for kind, n in sorted(s.errors.items()):
                     c["errors"].add_metric([name, kind], n)
-        yield from g.values()
+                for (witness, outcome), n in sorted(s.witness_outcomes.items()):
+                    c["witness"].add_metric([name, witness, outcome], n)
+                for witness in sorted({w for w, _ in s.witness_outcomes}):
+                    size = s.witness_cosigned.get(witness, 0)
+                    g["w_size"].add_metric([name, witness], size)
+                    g["w_lag"].add_metric([name, witness], max(0, (cp.size if cp else 0) - size))
+                if s.status is not None:
+                    seen = s.status.at(now)
+                    g["lag_entries"].add_metric([name], seen.lag_entries)
+                    g["lag_seconds"].add_metric([name], seen.lag_seconds)
+                    g["stalled"].add_metric([name], 1 if seen.state is State.STALLED else 0)
+                    for state in State:
+                        g["state"].add_metric([name, state.value], 1 if seen.state is state else 0)
+                    if seen.last_error is not None:
+                        g["error_time"].add_metric([name], seen.last_error.at)
+                    g["interval"].add_metric([name], seen.interval_seconds)
+        # The loop's families are empty for streams without a loop (Fluent Bit ingest).
+        yield from (f for f in g.values() if f.samples or f.name not in _LOOP_FAMILIES)
         yield from c.values()
 
 

@@ -40,6 +40,7 @@ import httpx
 
 from clawql_secrets.audit import layout
 from clawql_secrets.audit.checkpoint import VerifierKey
+from clawql_secrets.audit.keyset import KeySet
 from clawql_secrets.audit.metrics import CHECKPOINT_INFO, RecordedHead, heads_from_labels
 from clawql_secrets.audit.store import WormStore
 from clawql_secrets.audit.verify import InclusionProof, replay_stream, streams
@@ -154,7 +155,7 @@ def entry_time(entry: Mapping[str, Any]) -> dt.datetime | None:
 
 def query(
     store: WormStore,
-    verifier: VerifierKey,
+    verifier: VerifierKey | KeySet,
     flt: QueryFilter,
     *,
     origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,

@@ -25,14 +25,15 @@ Relative paths are resolved against the configuration file's directory.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clawql_secrets.audit import layout
 from clawql_secrets.audit.checkpoint import Ed25519Signer, Signer, VerifierKey
+from clawql_secrets.audit.cosignature import WitnessKey
 from clawql_secrets.audit.hsm_signer import DEFAULT_KEY_LABEL, HSMSigner, HSMSignerConfig
 from clawql_secrets.audit.s3store import S3Location, S3WormStore, make_client
 from clawql_secrets.audit.shipper import ShipperSettings, StreamSource
@@ -88,6 +89,26 @@ class MetricsConfig(_Strict):
     port: int = Field(ge=0, le=65535)
 
 
+class WitnessEndpoint(_Strict):
+    """A witness the shipper asks to cosign every stream's newest checkpoint."""
+
+    url: str = Field(pattern=r"^https?://", max_length=2048)
+    key: str = Field(description="the witness's C2SP vkey (`audit witness init` prints it)")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("key")
+    @classmethod
+    def _key_parses(cls, key: str) -> str:
+        try:
+            WitnessKey.parse(key)
+        except InputError as exc:
+            raise ValueError(exc.message) from exc
+        return key
+
+    def witness_key(self) -> WitnessKey:
+        return WitnessKey.parse(self.key)
+
+
 class ShipConfig(_Strict):
     streams: dict[str, StreamConfig] = Field(min_length=1)
     store: Annotated[LocalStoreConfig | S3StoreConfig, Field(discriminator="kind")]
@@ -100,6 +121,7 @@ class ShipConfig(_Strict):
     # Where to publish the checkpoint verifier key (public) for `audit verify --pubkey-file`.
     verifier_file: Path | None = None
     metrics: MetricsConfig | None = None
+    witnesses: list[WitnessEndpoint] = Field(default_factory=list, max_length=16)
 
     def resolved(self, base: Path) -> ShipConfig:
         """Relative paths made absolute against ``base`` (the config file's directory)."""
@@ -112,7 +134,10 @@ class ShipConfig(_Strict):
             for n, s in self.streams.items()
         }
         store, signer = resolve_store_and_signer(self.store, self.signer, fix)
-        return self.model_copy(update={"streams": streams, "store": store, "signer": signer})
+        verifier = None if self.verifier_file is None else fix(self.verifier_file)
+        return self.model_copy(
+            update={"streams": streams, "store": store, "signer": signer, "verifier_file": verifier}
+        )
 
     def sources(self) -> list[StreamSource]:
         for name in self.streams:
@@ -207,6 +232,7 @@ def stack_config(
     metrics_port: int = 0,
     interval_seconds: float = 60.0,
     token_label: str = "clawql",  # noqa: S107 (a token label, not a secret)
+    witnesses: Sequence[WitnessEndpoint] = (),
 ) -> ShipConfig:
     """The shipper of a local stack rooted at ``data_dir`` (``cluster.layout`` paths).
 
@@ -236,6 +262,7 @@ def stack_config(
         interval_seconds=interval_seconds,
         metrics=MetricsConfig(port=metrics_port) if metrics_port else None,
         verifier_file=audit / "verifier.txt",
+        witnesses=list(witnesses),
     )
 
 

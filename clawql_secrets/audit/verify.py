@@ -23,11 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clawql_secrets.audit import layout, merkle
-from clawql_secrets.audit.checkpoint import Checkpoint, SignedNote, VerifierKey, open_checkpoint
+from clawql_secrets.audit.checkpoint import Checkpoint, SignedNote, VerifierKey
 from clawql_secrets.audit.errors import TamperError
+from clawql_secrets.audit.keyset import KeySet, as_keyset
 from clawql_secrets.audit.layout import DEFAULT_LIMITS, AuditLimits, SegmentName
 from clawql_secrets.audit.store import WormStore
 from clawql_secrets.audit.tree import MerkleTree
+from clawql_secrets.audit.witnessing import Witnessed, WitnessPolicy, check_policy, cosigned_note
 from clawql_secrets.errors import ClawQLError, InputError, IntegrityError
 
 PROOF_FORMAT = "clawql-audit-inclusion-proof/1"
@@ -57,7 +59,7 @@ def streams(store: WormStore) -> list[str]:
 def replay_stream(
     store: WormStore,
     stream: str,
-    verifier: VerifierKey | None,
+    verifier: VerifierKey | KeySet | None,
     *,
     origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,
     limits: AuditLimits = DEFAULT_LIMITS,
@@ -69,8 +71,12 @@ def replay_stream(
     ``verifier=None`` skips signatures (only to produce proofs that a third
     party checks with the key); ``require_covered=False`` accepts entries after
     the last checkpoint (a shipper resuming after a crash between its writes).
+    A ``KeySet`` accepts each checkpoint from the key whose range covers its
+    size, and requires every retired key's last checkpoint (``keyset``).
     """
     origin = layout.origin(origin_prefix, stream)
+    keys = None if verifier is None else as_keyset(verifier)
+    signed_by: dict[int, int] = {}
 
     def fail(location: str, message: str) -> TamperError:
         return TamperError(message, stream=stream, location=location)
@@ -102,12 +108,12 @@ def replay_stream(
 
     def check_checkpoint(size: int, name: str) -> None:
         data = store.get(name)
-        # 2. The checkpoint is signed by the verifier key, for this stream's origin.
+        # 2. The checkpoint is signed by the log key whose range covers it, for this origin.
         try:
-            if verifier is None:
+            if keys is None:
                 cp = Checkpoint.parse(SignedNote.parse(data).text)
             else:
-                cp = open_checkpoint(data, verifier, origin=origin)
+                cp, signed_by[size] = keys.open(data, stream=stream, origin=origin)
         except (InputError, IntegrityError) as exc:
             raise fail(name, f"checkpoint is not valid: {exc.message}") from exc
         # 3. Its body is for the size its name says (catches swapped or renamed checkpoints).
@@ -182,10 +188,19 @@ def replay_stream(
     # 12. Checkpoints beyond the stored entries mean a truncated tail (step 5 names it).
     for size, name in pending:
         check_checkpoint(size, name)
-    # 13. An unsigned log proves nothing: fail closed (a resuming writer may adopt it).
+    # 13. Each retired key's range ends at a checkpoint it signed: the first checkpoint
+    #     of its successor extends that one (one recomputed tree), none replaces it.
+    for size, index in [] if keys is None else keys.handovers(stream):
+        if signed_by.get(size) != index:
+            raise fail(
+                layout.checkpoint_name(stream, size),
+                f"key #{index + 2} of the key set took over after size "
+                f"{size}, but no checkpoint of that size signed by its predecessor is stored",
+            )
+    # 14. An unsigned log proves nothing: fail closed (a resuming writer may adopt it).
     if not checked and require_covered:
         raise fail(f"{layout.CHECKPOINTS}/{stream}/", "no signed checkpoint: nothing is proven")
-    # 14. The latest checkpoint covers every stored entry.
+    # 15. The latest checkpoint covers every stored entry.
     latest = checked[-1].size if checked else 0
     if require_covered and tree.size > latest:
         raise fail(
@@ -215,15 +230,16 @@ def check_known(state: StreamState, known: Checkpoint) -> None:
 
 def verify(
     store: WormStore,
-    verifier: VerifierKey,
+    verifier: VerifierKey | KeySet,
     *,
     origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,
     known: Sequence[Checkpoint] = (),
     limits: AuditLimits = DEFAULT_LIMITS,
+    witnesses: WitnessPolicy | None = None,
 ) -> None:
     """Return if every stream in ``store`` verifies; raise at the first fault otherwise."""
     for stream in _streams_to_check(store, origin_prefix, known):
-        _verify_stream(store, stream, verifier, origin_prefix, known, limits)
+        _verify_stream(store, stream, verifier, origin_prefix, known, limits, witnesses)
 
 
 def _streams_to_check(
@@ -244,18 +260,23 @@ def _streams_to_check(
 def _verify_stream(
     store: WormStore,
     stream: str,
-    verifier: VerifierKey,
+    verifier: VerifierKey | KeySet,
     origin_prefix: str,
     known: Sequence[Checkpoint],
     limits: AuditLimits,
-) -> StreamState:
+    witnesses: WitnessPolicy | None = None,
+) -> tuple[StreamState, Witnessed | None]:
     state = replay_stream(store, stream, verifier, origin_prefix=origin_prefix, limits=limits)
     origin = layout.origin(origin_prefix, stream)
-    # 15. Tree heads recorded outside the store describe prefixes of the recomputed log.
+    # 16. Tree heads recorded outside the store describe prefixes of the recomputed log.
     for head in known:
         if head.origin == origin:
             check_known(state, head)
-    return state
+    # 17. Witnesses vouch for the newest tree head, and every cosignature they gave holds.
+    witnessed = None
+    if witnesses is not None:
+        witnessed = check_policy(store, stream, state.checkpoints, witnesses)
+    return state, witnessed
 
 
 @dataclass(frozen=True)
@@ -266,6 +287,8 @@ class StreamReport:
     latest_size: int | None = None
     latest_root: str | None = None
     problem: str | None = None
+    # witness name -> cosignature time of the newest checkpoint (with a witness policy)
+    cosigned_by: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -287,11 +310,12 @@ class VerificationResult:
 
 def report(
     store: WormStore,
-    verifier: VerifierKey,
+    verifier: VerifierKey | KeySet,
     *,
     origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,
     known: Sequence[Checkpoint] = (),
     limits: AuditLimits = DEFAULT_LIMITS,
+    witnesses: WitnessPolicy | None = None,
 ) -> VerificationResult:
     """The checks of ``verify``, stream by stream, collected for display; never raises."""
     try:
@@ -301,14 +325,21 @@ def report(
     reports = []
     for stream in names:
         try:
-            state = _verify_stream(store, stream, verifier, origin_prefix, known, limits)
+            state, witnessed = _verify_stream(
+                store, stream, verifier, origin_prefix, known, limits, witnesses
+            )
         except ClawQLError as exc:
             reports.append(StreamReport(stream, problem=exc.diagnostics()))
             continue
         latest = state.checkpoints[-1]
         reports.append(
             StreamReport(
-                stream, state.tree.size, len(state.checkpoints), latest.size, latest.root.hex()
+                stream,
+                state.tree.size,
+                len(state.checkpoints),
+                latest.size,
+                latest.root.hex(),
+                cosigned_by=None if witnessed is None else witnessed.cosigners,
             )
         )
     return VerificationResult(tuple(reports))
@@ -379,14 +410,14 @@ class InclusionProof:
 
 def check_inclusion(
     proof: InclusionProof,
-    verifier: VerifierKey,
+    verifier: VerifierKey | KeySet,
     *,
     origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,
 ) -> Checkpoint:
     """The checkpoint, if ``proof`` puts its entry in the log ``verifier`` signed; else raise."""
-    # 1. The checkpoint is signed by the key, for the stream's log.
+    # 1. The checkpoint is signed by the key (of the set, within its range), for the stream.
     origin = layout.origin(origin_prefix, proof.stream)
-    cp = open_checkpoint(proof.checkpoint, verifier, origin=origin)
+    cp, _ = as_keyset(verifier).open(proof.checkpoint, stream=proof.stream, origin=origin)
     # 2. The path leads the entry's leaf hash to that signed root (RFC 9162 §2.1.3.2).
     merkle.verify_inclusion(
         merkle.leaf_hash(proof.entry), proof.index, cp.size, proof.path, cp.root
@@ -398,7 +429,7 @@ def prove(
     store: WormStore,
     stream: str,
     index: int,
-    verifier: VerifierKey | None = None,
+    verifier: VerifierKey | KeySet | None = None,
     *,
     origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,
 ) -> InclusionProof:
@@ -425,7 +456,9 @@ def prove(
     if merkle.leaf_hash(entry) != state.tree.leaf(index):
         raise TamperError("entry changed while being proved", stream=stream, location=seg.name)
     path = tuple(state.tree.inclusion_proof(index, latest.size))
-    return InclusionProof(stream, index, entry, path, state.notes[-1])
+    # The checkpoint travels with the witnesses' cosignatures stored for it.
+    note = cosigned_note(store, stream, latest.size, state.notes[-1])
+    return InclusionProof(stream, index, entry, path, note)
 
 
 def _b64(data: bytes) -> str:
@@ -513,7 +546,7 @@ def consistency(
     stream: str,
     old_size: int,
     new_size: int,
-    verifier: VerifierKey | None = None,
+    verifier: VerifierKey | KeySet | None = None,
     *,
     origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,
 ) -> ConsistencyProof:
@@ -538,15 +571,16 @@ def consistency(
 
 def check_consistency(
     proof: ConsistencyProof,
-    verifier: VerifierKey,
+    verifier: VerifierKey | KeySet,
     *,
     origin_prefix: str = layout.DEFAULT_ORIGIN_PREFIX,
 ) -> tuple[Checkpoint, Checkpoint]:
     """Both checkpoints, if signed by ``verifier`` and the old one is a prefix; else raise."""
-    # 1. Both checkpoints are signed by the key, for the stream's log.
+    # 1. Both checkpoints are signed by the log's keys, in range, for the stream's log.
     origin = layout.origin(origin_prefix, proof.stream)
-    old = open_checkpoint(proof.old_checkpoint, verifier, origin=origin)
-    new = open_checkpoint(proof.new_checkpoint, verifier, origin=origin)
+    keys = as_keyset(verifier)
+    old, _ = keys.open(proof.old_checkpoint, stream=proof.stream, origin=origin)
+    new, _ = keys.open(proof.new_checkpoint, stream=proof.stream, origin=origin)
     # 2. The proof shows the old tree is a prefix of the new one (RFC 9162 §2.1.4.2).
     merkle.verify_consistency(old.size, new.size, proof.path, old.root, new.root)
     return old, new

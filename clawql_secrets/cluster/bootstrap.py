@@ -8,9 +8,12 @@ Order matters and is the point of this module:
    written; the clear shares are dropped.
 3. With the initial root token (memory only, never on disk): tune autopilot,
    enable KV v2 keeping one version per key, the ``workload`` JWT auth mount
-   trusting the platform's workload issuer, and the service identities
+   trusting the platform's workload issuer, the service identities
    (operator, break-glass, provisioner, approval controller, gateway, secrets
-   writer), each a role bound to one subject.
+   writer, registry keeper), each a role bound to one subject, and the
+   session registry's own database mount (``clawql-registry``) with its roles
+   (ADR 0011): not the agents' ``database`` mount, so neither the provisioner
+   nor any agent policy reaches it.
 4. Revoke the root token. From here on every identity comes from a JWT login.
 """
 
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clawql_secrets import holders
-from clawql_secrets.cluster import kv
+from clawql_secrets.cluster import kv, redis_registry
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.issuer import LocalIssuer
@@ -132,6 +135,10 @@ path "sys/auth/workload" { capabilities = ["deny"] }
 # "sys/auth/workload/" (trailing slash) and ".../tune" are other paths to the same mount.
 path "sys/auth/workload/*" { capabilities = ["deny"] }
 path "secret/metadata/clawql-change/*" { capabilities = ["deny"] }
+# The gateway's session registry is bootstrap's (ADR 0011): not provisioned, not readable.
+path "sys/mounts/clawql-registry" { capabilities = ["deny"] }
+path "sys/mounts/clawql-registry/*" { capabilities = ["deny"] }
+path "clawql-registry/*" { capabilities = ["deny"] }
 """,
 )
 
@@ -188,20 +195,52 @@ path "sys/auth" { capabilities = ["read"] }
 CHANGE_PARTICIPANT_CLAIM = "clawql_role"
 
 # The gateway's own identity: it ends sessions (revokes their leases and their anchor
-# tokens by id/accessor) and records anomaly revocations (create-only), but obtains no
-# credential itself — those come from agent tokens OpenBao issues per call against
-# the gateway's exchange assertions (ADR 0010), so OpenBao re-checks authorization on
-# every tool call. Leases are bounded to their session by the token that made them.
+# tokens by id/accessor) and records anomaly revocations (create-only). The one
+# credential it obtains for itself is its session registry's Redis user (ADR 0011);
+# the agents' come from agent tokens OpenBao issues per call against the gateway's
+# exchange assertions (ADR 0010), so OpenBao re-checks authorization on every tool
+# call. Leases are bounded to their session by the token that made them.
 GATEWAY = WorkloadIdentity(
     role="gateway",
     subject="clawql-gateway",
     policy="clawql-gateway",
-    hcl="""\
-path "sys/leases/lookup" { capabilities = ["update"] }
-path "sys/leases/revoke" { capabilities = ["update"] }
-path "secret/data/clawql-anomalies/*" { capabilities = ["create"] }
-path "auth/token/revoke-accessor" { capabilities = ["update"] }
-path "auth/token/lookup-accessor" { capabilities = ["update"] }
+    hcl=f"""\
+path "sys/leases/lookup" {{ capabilities = ["update"] }}
+path "sys/leases/revoke" {{ capabilities = ["update"] }}
+path "secret/data/clawql-anomalies/*" {{ capabilities = ["create"] }}
+path "auth/token/revoke-accessor" {{ capabilities = ["update"] }}
+path "auth/token/lookup-accessor" {{ capabilities = ["update"] }}
+path "{redis_registry.CREDS_PATH}" {{ capabilities = ["read"] }}
+""",
+)
+
+# Whatever starts the registry's Redis (``cluster/redis_registry.py``) made its admin
+# password and hands it to OpenBao, then has OpenBao rotate it (ADR 0011). It may set
+# where OpenBao finds that Redis and the password, nothing else: the plugin, TLS, the
+# admin user and the roles are pinned (OpenBao compares pinned values as strings), and
+# it can neither read the connection back nor issue, list or revoke credentials.
+REGISTRY_KEEPER = WorkloadIdentity(
+    role="registry-keeper",
+    subject="clawql-registry-keeper",
+    policy="clawql-registry-keeper",
+    hcl=f"""\
+path "{redis_registry.MOUNT}/config/{redis_registry.CONNECTION}" {{
+  capabilities = ["create", "update"]
+  allowed_parameters = {{
+    "plugin_name" = ["redis-database-plugin"]
+    "username" = ["{redis_registry.ADMIN_USER}"]
+    "tls" = ["true"]
+    "allowed_roles" = ["{",".join(redis_registry.ROLES)}"]
+    "verify_connection" = ["true"]
+    "host" = []
+    "port" = []
+    "ca_cert" = []
+    "password" = []
+  }}
+}}
+path "{redis_registry.MOUNT}/rotate-root/{redis_registry.CONNECTION}" {{
+  capabilities = ["update"]
+}}
 """,
 )
 
@@ -243,6 +282,7 @@ IDENTITIES = (
     CHANGE_PARTICIPANT,
     SECRETS_WRITER,
     CERTS_RENEWER,
+    REGISTRY_KEEPER,
 )
 
 
@@ -331,6 +371,17 @@ def _configure(client: OpenBaoClient, root: str, issuer: LocalIssuer) -> None:
                 "token_type": "service",
             },
         )
+    # The session registry's mount and roles; its connection is the keeper's to write.
+    w(
+        f"sys/mounts/{redis_registry.MOUNT}",
+        {
+            "type": "database",
+            "description": "the gateway's session registry (ADR 0011)",
+            "config": {"default_lease_ttl": "10m", "max_lease_ttl": "15m"},
+        },
+    )
+    for role, body in redis_registry.role_bodies().items():
+        w(f"{redis_registry.MOUNT}/roles/{role}", body)
 
 
 def login(client: OpenBaoClient, issuer: LocalIssuer, identity: WorkloadIdentity) -> str:

@@ -1,10 +1,17 @@
-"""CLI: ``up``, ``down``, ``status``, ``cluster supervise|stop|start``, ``break-glass``."""
+"""CLI: ``up``, ``down``, ``status``, ``cluster supervise|stop|start``, ``break-glass``.
+
+``status`` exits 0 when everything is healthy; 3 when the cluster is not (a node
+down, sealed or not a voter, or the HSM bridge down); else 4 when an audit
+stream is stalled or failing (which includes a shipper that is not running or
+whose status is older than two checkpoint intervals); 1 on an error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,12 +19,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from clawql_secrets.audit.shipper import ShipperSettings
 from clawql_secrets.cluster import stack
 from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.cluster.supervisor import Supervisor
 from clawql_secrets.errors import InputError
 
 DEFAULT_DATA_DIR = Path(".clawql")
+EXIT_CLUSTER_UNHEALTHY = 3
+EXIT_AUDIT_STALLED = 4
 
 
 def register(sub: Any) -> None:
@@ -37,7 +47,13 @@ def register(sub: Any) -> None:
     _data_dir(p)
     p.set_defaults(func=_down)
 
-    p = sub.add_parser("status", help="nodes, raft, bridge and HSM health")
+    p = sub.add_parser(
+        "status",
+        help="nodes, raft, bridge, audit streams and Prometheus",
+        epilog=f"exit status: 0 healthy; {EXIT_CLUSTER_UNHEALTHY} the cluster is not (a node "
+        f"down, sealed or not a voter, or the HSM bridge down); {EXIT_AUDIT_STALLED} an audit "
+        "stream is stalled or failing (or the shipper is not running); 1 an error",
+    )
     _data_dir(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
@@ -49,11 +65,27 @@ def register(sub: Any) -> None:
     _data_dir(p)
     p.add_argument("--daemonize", action="store_true", help="fork into the background")
     p.set_defaults(func=_supervise)
-    p = csub.add_parser("render-k8s", help="write production Kubernetes manifests and HCL")
+    p = csub.add_parser(
+        "render-k8s", help="write the whole plane as Kubernetes manifests (docs/kubernetes.md)"
+    )
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--replicas", type=int, default=3)
-    p.add_argument("--namespace", default="clawql")
-    p.add_argument("--image", default=None, help="OpenBao image (default pinned 2.7.2)")
+    p.add_argument("--values", type=Path, help="YAML of K8sSpec fields (docs/kubernetes.md)")
+    p.add_argument("--replicas", type=int, default=None, help="OpenBao voters (3 or more)")
+    p.add_argument("--namespace", default=None, help="the plane's namespace (default clawql)")
+    for flag, what in (
+        ("--image", "clawql-secrets"),
+        ("--openbao-image", "OpenBao"),
+        ("--redis-image", "Redis"),
+        ("--fluent-bit-image", "Fluent Bit"),
+    ):
+        p.add_argument(flag, default=None, help=f"{what} image, REF@sha256:DIGEST")
+    p.add_argument("--audit-transport", choices=("ship", "fluent-bit"), default=None)
+    p.add_argument("--rules", type=Path, default=None, help="Prometheus alert rules file")
+    p.add_argument(
+        "--placeholder-images",
+        action="store_true",
+        help="allow the registry.invalid placeholders (review only: they never pull)",
+    )
     p.set_defaults(func=_render_k8s)
     for name, func, text in (
         ("stop", _stop, "keep one process (n1, n2, n3, bridge) stopped"),
@@ -123,6 +155,18 @@ def _up(args: argparse.Namespace) -> int:
             f"change(s) applied; policies bound: {', '.join(example.bound) or 'unchanged'}"
         )
     console.print(f"  audit log (Merkle, write-once): {settings.audit_dir / 'store'}")
+    console.print(
+        f"  audit checkpoints: every {stack.LOCAL_CHECKPOINT_SECONDS:g} s on this local stack "
+        f"(production default {ShipperSettings().interval_seconds:g} s)"
+    )
+    console.print(
+        f"  Prometheus: {settings.prometheus_addr} (scrapes the shipper and the gateway; "
+        "alert rules from deploy/prometheus/)"
+    )
+    console.print(
+        f"  audit witness: {settings.witness_addr} (its own process and key, "
+        f"{settings.witness_dir}); cosigns every checkpoint"
+    )
     console.print(f"  logs: {settings.log_dir}")
     if res.initialised_now:
         console.print(
@@ -169,7 +213,9 @@ def _status(args: argparse.Namespace) -> int:
     else:
         _print_status(st)
     healthy = all(n["up"] and n["sealed"] is False and n["voter"] for n in st["nodes"].values())
-    return 0 if healthy and st["bridge"].get("up") else 3
+    if not (healthy and st["bridge"].get("up")):
+        return EXIT_CLUSTER_UNHEALTHY
+    return 0 if st["audit"]["healthy"] else EXIT_AUDIT_STALLED
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -198,16 +244,86 @@ def _print_status(st: dict[str, Any]) -> None:
         console.print(f"HSM bridge: [red]down[/] ({b.get('error', 'no answer')})")
     a = st.get("audit") or {}
     state = "up" if a.get("shipper_pid") else "[red]down[/]"
+    if a.get("shipper_pid") and not a.get("healthy"):
+        state = "[red]up, but not shipping every stream[/]"
     console.print(f"audit shipper: {state}; store {a.get('store')}; metrics {a.get('metrics')}")
+    _print_streams(console, a)
+    w = st.get("witness") or {}
+    if w:
+        behind = [
+            f"{n} {v['cosigned']}/{v['checkpoint']}" for n, v in (w.get("streams") or {}).items()
+        ]
+        console.print(
+            f"audit witness: {'up' if w.get('up') else '[red]down[/]'}; {w.get('url')}; "
+            f"cosigned/checkpoint size: {', '.join(behind)}; key {w.get('key')}"
+        )
     if a.get("verifier_key_file"):
+        witness = f" --witness-key {w['key']}" if w.get("key") else ""
         console.print(
             f"  verify: clawql-secrets audit verify --store {a.get('store')} "
-            f"--pubkey-file {a['verifier_key_file']}"
+            f"--pubkey-file {a['verifier_key_file']}{witness}"
         )
     g = st.get("gateway") or {}
     console.print(f"gateway: {'up' if g.get('pid') else '[red]down[/]'}; {g.get('url')}")
+    _print_prometheus(console, st.get("prometheus") or {})
     if "raft_error" in st:
         console.print(f"raft: [yellow]{st['raft_error']}[/]")
+
+
+_STATE_STYLE = {"ok": "green", "catching_up": "yellow", "failing": "red", "stalled": "bold red"}
+
+
+def _print_streams(console: Console, a: dict[str, Any]) -> None:
+    streams: dict[str, Any] = a.get("streams") or {}
+    interval = a.get("interval_seconds")
+    table = Table(title=f"audit streams (a checkpoint every {interval:g} s)" if interval else None)
+    for col in ("stream", "state", "lag", "tree / published", "last checkpoint", "last error"):
+        table.add_column(col)
+    now = time.time()
+    for name, v in streams.items():
+        state = str(v.get("state"))
+        lag = "-"
+        if "lag_entries" in v:
+            more = "" if v.get("unread_exact", True) else "≥"
+            lag = f"{more}{v['lag_entries']} entries, {v['lag_seconds']:.0f} s"
+        sizes = f"{_dash(v.get('tree_size'))} / {_dash(v.get('published_size'))}"
+        err = v.get("last_error")
+        error = "-"
+        if err:
+            first = str(err["message"]).splitlines()[0]
+            error = f"{err['kind']}: {first} ({_ago(now, err['at'])})"
+        note = v.get("note")
+        table.add_row(
+            name,
+            f"[{_STATE_STYLE.get(state, 'red')}]{state}[/]" + (f" ({note})" if note else ""),
+            lag,
+            sizes,
+            _ago(now, v.get("last_checkpoint_at")),
+            error,
+        )
+    console.print(table)
+
+
+def _print_prometheus(console: Console, p: dict[str, Any]) -> None:
+    if not p.get("up"):
+        console.print(f"Prometheus: [red]down[/]; {p.get('url')}")
+        return
+    targets = ", ".join(f"{job} {health}" for job, health in (p.get("targets") or {}).items())
+    firing = ", ".join(p.get("alerts_firing") or []) or "none"
+    console.print(
+        f"Prometheus: up; {p.get('url')}; scraping {targets or 'nothing'}; "
+        f"{p.get('alert_rules', 0)} alert rules, firing: {firing}"
+    )
+
+
+def _ago(now: float, at: object) -> str:
+    if not isinstance(at, int | float):
+        return "-"
+    return f"{max(0.0, now - at):.0f} s ago"
+
+
+def _dash(v: object) -> str:
+    return "-" if v is None else str(v)
 
 
 def _yn(v: object) -> str:
@@ -225,9 +341,26 @@ def _supervise(args: argparse.Namespace) -> int:
 
 def _render_k8s(args: argparse.Namespace) -> int:
     from clawql_secrets.cluster import manifests
+    from clawql_secrets.cluster.k8s.spec import PLACEHOLDER_IMAGES
 
-    extra = {"image": args.image} if args.image else {}
-    spec = manifests.K8sSpec(replicas=args.replicas, namespace=args.namespace, **extra)
+    spec = manifests.load_values(
+        args.values,
+        replicas=args.replicas,
+        namespace=args.namespace,
+        image=args.image,
+        openbao_image=args.openbao_image,
+        redis_image=args.redis_image,
+        fluent_bit_image=args.fluent_bit_image,
+        audit_transport=args.audit_transport,
+        rules_file=args.rules,
+    )
+    missing = [k for k, v in PLACEHOLDER_IMAGES.items() if getattr(spec, k) == v]
+    if missing and not args.placeholder_images:
+        raise InputError(
+            f"no image given for {', '.join(missing)}",
+            fix="pass --image/--openbao-image/--redis-image/--fluent-bit-image REF@sha256:…, "
+            "or --placeholder-images for a review rendering",
+        )
     for path in manifests.write(spec, args.out):
         print(path)
     return 0

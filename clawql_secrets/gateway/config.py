@@ -1,7 +1,8 @@
 """The gateway's configuration file (YAML or JSON), validated at the boundary.
 
 Nothing in it is a secret: OpenBao is reached with per-call tokens from JWT
-logins, databases with per-session dynamic users, and the gateway's own
+logins, databases with per-session dynamic users, the session registry's Redis
+over TLS as a user OpenBao issues to this replica, and the gateway's own
 identity comes from a workload JWT (a Kubernetes service-account token file in
 production, the stack's local issuer in development).
 """
@@ -74,7 +75,8 @@ class RolePolicy(_Strict):
 
 
 class GatewayIdentity(_Strict):
-    """The gateway's own OpenBao identity (revocation only), from a workload JWT."""
+    """The gateway's own OpenBao identity, from a workload JWT: revocations, anomaly
+    records and its session registry's Redis user (ADR 0011)."""
 
     mount: str = "workload"
     role: str = "gateway"
@@ -103,8 +105,21 @@ class AdminTrust(_Strict):
 
 
 class RegistrySettings(_Strict):
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    """The shared session registry: a Redis reached over TLS only, as a user OpenBao
+    issues to this replica (ADR 0011). There is no password and no plaintext option
+    here: the credential is read from ``creds_path`` with the gateway's identity,
+    re-issued at ``reissue_at`` of its lease, and lives in memory only."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    # The CA that verifies the Redis server's certificate, issued for ``host``.
+    ca_file: Path
+    creds_path: str = Field(
+        default="clawql-registry/creds/gateway", pattern=r"^[a-z0-9_-]+(/[a-z0-9_-]+)*$"
+    )
     prefix: str = Field(default="clawql:gw", pattern=r"^[A-Za-z0-9:_-]{1,64}$")
+    # Fraction of the credential's lease after which a new one replaces it.
+    reissue_at: float = Field(default=0.5, ge=0.1, le=0.9)
 
 
 class _SQLTarget(_Strict):
@@ -153,7 +168,7 @@ class GatewayConfig(_Strict):
     # Agent role -> what its sessions may call; a role not listed may call nothing.
     roles: dict[str, RolePolicy] = {}
     admin: AdminTrust | None = None
-    registry: RegistrySettings = RegistrySettings()
+    registry: RegistrySettings
     databases: dict[str, DatabaseTarget] = {}
     sql: SQLLimits = SQLLimits()
     anomaly: AnomalySettings = AnomalySettings()

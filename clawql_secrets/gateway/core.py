@@ -51,7 +51,7 @@ from pydantic import ValidationError
 
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.errors import ClawQLError, ConfigError, NotLeaderError, OpenBaoError
-from clawql_secrets.gateway import jwt_check
+from clawql_secrets.gateway import identity, jwt_check
 from clawql_secrets.gateway.anomaly import Detector, Hit
 from clawql_secrets.gateway.bao_login import LoginClient
 from clawql_secrets.gateway.config import GatewayConfig
@@ -66,7 +66,6 @@ from clawql_secrets.gateway.jwt_check import JWTLimits, JWTPolicy, KeySet, Sessi
 from clawql_secrets.gateway.metrics import Metrics
 from clawql_secrets.gateway.registry import ACTIVE, Registry
 from clawql_secrets.gateway.tools import Resource, Tool
-from clawql_secrets.issuer import LocalIssuer
 
 log = logging.getLogger("clawql_secrets.gateway")
 R = TypeVar("R", bound=Resource)
@@ -771,34 +770,7 @@ class Gateway:
         token.drop()
 
     def _gateway_login(self) -> _Token:
-        ident = self.config.identity
-        if ident.jwt_file is not None:
-            try:
-                workload_jwt = ident.jwt_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read the gateway's workload JWT {ident.jwt_file}"
-                ) from exc
-        else:
-            if ident.local_issuer_dir is None or ident.local_issuer_url is None:
-                raise ConfigError("the gateway identity has no source")
-            issuer = LocalIssuer.load_or_create(ident.local_issuer_dir, ident.local_issuer_url)
-            workload_jwt = issuer.mint(ident.subject, ident.audience, ttl=60)
-        try:
-            resp = self.bao.request(
-                "POST",
-                f"auth/{ident.mount}/login",
-                body={"role": ident.role, "jwt": workload_jwt},
-                token="",
-            )
-        except OpenBaoError as exc:
-            raise BackendUnavailable(
-                "gateway_identity_failed", "the gateway could not log in to OpenBao"
-            ) from exc
-        token = _Token(str((resp.pop("auth", None) or {}).get("client_token", "") or ""))
-        if not token.reveal():
-            raise BackendUnavailable("gateway_identity_failed", "gateway login returned no token")
-        return token
+        return _Token(identity.login(self.bao, self.config.identity).token)
 
     def sweep(self) -> int:
         """End expired sessions, retry unfinished revocations, close stale local resources."""
@@ -847,6 +819,7 @@ class Gateway:
             self._drop_local(sid)
         if self.login_client is not None:
             self.login_client.close()
+        self.registry.close()  # and with it this replica's Redis user (ADR 0011)
 
 
 def _peek(bearer: str, part: int) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The gateway of the local stack: its configuration, derived from the stack's layout.
 
 It trusts the stack's session issuer (agents) and gets its own identity from the
-stack's workload issuer; its SQL targets are the example tenants' databases
+stack's workload issuer; its session registry is the stack's own Redis, reached
+over TLS as a user OpenBao issues (``cluster/redis_registry.py``, ADR 0011); its
+SQL targets are the example tenants' databases
 (`examples/clawql.yaml`: `<tenant>-<role>-<connection>` dynamic roles). Role
 ``integrator`` may make ``http.request`` calls to the demo's HTTPS destination
 only (``clawql_secrets/demo/target.py``), with a client certificate named as the
@@ -11,8 +13,7 @@ that destination through a per-stack "demo-target" CA and nothing else.
 
 from __future__ import annotations
 
-import hashlib
-
+from clawql_secrets.cluster import redis_registry
 from clawql_secrets.cluster.layout import NODE_IDS, WORKLOAD_ISSUER_URL, StackSettings
 from clawql_secrets.gateway import exchange, session_issuer, sqlguard
 from clawql_secrets.gateway.anomaly import AnomalySettings, tenant_schemas_from_state
@@ -55,8 +56,6 @@ def stack_gateway_config(
     session_issuer.load_issuer(s.data_dir)  # creates the session issuer's key once
     state = state if state is not None else load_example(s)
     target_ca = demo_target_ca(s)  # likewise the demo destination's CA (key 0600)
-    # One registry namespace per stack, so two stacks can share one Redis.
-    tag = hashlib.sha256(str(s.data_dir.resolve()).encode()).hexdigest()[:12]
     x = state.exchange
     return GatewayConfig(
         host=s.host,
@@ -79,7 +78,13 @@ def stack_gateway_config(
         identity=GatewayIdentity(
             local_issuer_dir=s.issuer_dir, local_issuer_url=WORKLOAD_ISSUER_URL
         ),
-        registry=RegistrySettings(prefix=f"clawql:gw:{tag}"),
+        registry=RegistrySettings(
+            host=s.host,
+            port=s.registry_port,
+            ca_file=redis_registry.ca_file(s),
+            creds_path=redis_registry.CREDS_PATH,
+            prefix=redis_registry.KEY_PREFIX,
+        ),
         # The out-of-scope rule knows the real tenants' schemas and databases.
         anomaly=AnomalySettings(tenant_schemas=tenant_schemas_from_state(state)),
         databases=sql_targets(state),

@@ -5,6 +5,13 @@ tokens live only in the memory of the replica that uses them. Two
 implementations of one interface: Redis (shared between replicas) and an
 in-memory one for single-process tests.
 
+Whoever writes the registry decides whether an ended session may call again,
+so the Redis one is reached over TLS as a user OpenBao issues to each replica,
+confined to the registry's keys and commands (``registry_creds``, ADR 0011).
+When Redis refuses that user (its lease revoked or expired: Redis deletes it and
+kills its connections), the operation is retried under a new one; every
+other Redis failure is ``BackendUnavailable``.
+
 Ordering that makes ending race-free: ``end`` flips the state first and then
 reads the leases; ``add_lease`` adds only while the state is ``active``, in
 one atomic step. A lease created concurrently with an end is therefore either
@@ -21,11 +28,12 @@ with the window.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,6 +94,7 @@ class Registry(Protocol):
     def leases(self, sid: str) -> list[str]: ...
     def count_active(self) -> int: ...
     def ping(self) -> bool: ...
+    def close(self) -> None: ...
 
 
 # -- Redis -----------------------------------------------------------------------
@@ -151,17 +160,48 @@ return 1
 """
 
 
+class ClientSource(Protocol):
+    """Where ``RedisRegistry`` gets its client (``registry_creds.RegistryConnection``)."""
+
+    def client(self) -> redis.Redis: ...
+    def replace(self, stale: redis.Redis) -> redis.Redis: ...
+    def close(self) -> None: ...
+
+
+class _Script:
+    """A Lua script run by its SHA-1, loaded on a server that does not know it yet (a
+    restarted Redis, a new connection's server)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+    def __call__(self, r: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return r.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            r.script_load(self.text)
+            return r.evalsha(self.sha, len(keys), *keys, *args)
+
+
+_ATTEMPTS = 3
+
+
+def _unavailable(exc: redis.RedisError) -> BackendUnavailable:
+    return BackendUnavailable(
+        "registry_unavailable", f"the session registry failed ({type(exc).__name__})"
+    )
+
+
 class RedisRegistry:
-    def __init__(self, url: str, prefix: str) -> None:
-        self._r = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
+    def __init__(self, source: ClientSource, prefix: str) -> None:
+        self.source = source
         self._p = prefix
-        self._open = self._r.register_script(_OPEN)
-        self._add = self._r.register_script(_ADD_LEASE)
-        self._end = self._r.register_script(_END)
-        self._revoked = self._r.register_script(_LEASE_REVOKED)
-        self._count = self._r.register_script(_COUNT)
+        self._open = _Script(_OPEN)
+        self._add = _Script(_ADD_LEASE)
+        self._end = _Script(_END)
+        self._revoked = _Script(_LEASE_REVOKED)
+        self._count = _Script(_COUNT)
         # Members of the windows' sorted sets: unique per process and event.
         self._member_prefix = f"{os.getpid()}.{os.urandom(4).hex()}."
         self._seq = itertools.count()
@@ -180,50 +220,54 @@ class RedisRegistry:
     def _revoking(self) -> str:
         return f"{self._p}:revoking"
 
-    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        try:
-            return fn(*args, **kw)
-        except redis.RedisError as exc:
-            raise BackendUnavailable(
-                "registry_unavailable", f"the session registry failed ({type(exc).__name__})"
-            ) from exc
+    def _call(self, op: Callable[[redis.Redis], Any]) -> Any:
+        """``op`` on the current client; again on a new user while Redis refuses the one
+        it ran as (at most ``_ATTEMPTS`` times: users can die back to back). A script
+        that ran before its connection died runs twice: each is safe to repeat
+        (``open`` may count one call twice; a repeated ``end`` reports no transition,
+        and its leases are already in the revoking set for the sweeper)."""
+        r, attempt = self.source.client(), 1
+        while True:
+            try:
+                return op(r)
+            except redis.ConnectionError as exc:  # includes AuthenticationError (user gone)
+                if attempt >= _ATTEMPTS:
+                    raise _unavailable(exc) from exc
+            except redis.RedisError as exc:
+                raise _unavailable(exc) from exc
+            r, attempt = self.source.replace(r), attempt + 1
 
     def open(self, claims: SessionClaims, calls: Window = NO_COUNT) -> Opened:
         h, _ = self._k(claims.sid)
-        state, n = self._call(
-            self._open,
-            keys=[h, self._active, f"{h}:calls"],
-            args=[
-                claims.sid,
-                claims.tenant,
-                claims.agent,
-                claims.agent_role,
-                claims.exp,
-                time.time(),
-                claims.exp + RETAIN_AFTER_EXP,
-                calls.ms,
-                calls.cap,
-                self._member(),
-            ],
-        )
+        keys = [h, self._active, f"{h}:calls"]
+        args = [
+            claims.sid,
+            claims.tenant,
+            claims.agent,
+            claims.agent_role,
+            claims.exp,
+            time.time(),
+            claims.exp + RETAIN_AFTER_EXP,
+            calls.ms,
+            calls.cap,
+            self._member(),
+        ]
+        state, n = self._call(lambda r: self._open(r, keys, args))
         return Opened(str(state), int(n))
 
     def count_denied(self, sid: str, window: Window) -> int:
         if window.ms <= 0:
             return 0
         h, _ = self._k(sid)
-        return int(
-            self._call(
-                self._count, keys=[f"{h}:denied"], args=[window.ms, window.cap, self._member()]
-            )
-        )
+        args = [window.ms, window.cap, self._member()]
+        return int(self._call(lambda r: self._count(r, [f"{h}:denied"], args)))
 
     def get(self, sid: str) -> SessionRecord | None:
         h, lk = self._k(sid)
-        data: dict[str, str] = self._call(self._r.hgetall, h)
+        data: dict[str, str] = self._call(lambda r: r.hgetall(h))
         if not data:
             return None
-        leases: set[str] = self._call(self._r.smembers, lk)
+        leases: set[str] = self._call(lambda r: r.smembers(lk))
         return SessionRecord(
             sid=sid,
             state=data.get("state", ""),
@@ -237,48 +281,49 @@ class RedisRegistry:
         )
 
     def add_lease(self, sid: str, lease_id: str) -> bool:
-        h, lk = self._k(sid)
-        return bool(self._call(self._add, keys=[h, lk], args=[lease_id]))
+        keys = list(self._k(sid))
+        return bool(self._call(lambda r: self._add(r, keys, [lease_id])))
 
     def end(self, sid: str, exp: int, reason: str) -> EndResult:
         h, lk = self._k(sid)
-        out = self._call(
-            self._end,
-            keys=[h, lk, self._active, self._revoking],
-            args=[sid, reason, time.time(), exp + RETAIN_AFTER_EXP],
-        )
+        keys = [h, lk, self._active, self._revoking]
+        args = [sid, reason, time.time(), exp + RETAIN_AFTER_EXP]
+        out = self._call(lambda r: self._end(r, keys, args))
         return EndResult(bool(out[0]), tuple(str(x) for x in out[1:]))
 
     def lease_revoked(self, sid: str, lease_id: str) -> None:
         _, lk = self._k(sid)
-        self._call(self._revoked, keys=[lk, self._revoking], args=[sid, lease_id])
+        self._call(lambda r: self._revoked(r, [lk, self._revoking], [sid, lease_id]))
 
     def expired(self, now: float, limit: int = 100) -> list[str]:
-        return list(self._call(self._r.zrangebyscore, self._active, 0, now, 0, limit))
+        return [
+            str(x) for x in self._call(lambda r: r.zrangebyscore(self._active, 0, now, 0, limit))
+        ]
 
     def pending(self, limit: int = 100) -> list[str]:
-        return list(self._call(self._r.srandmember, self._revoking, limit))
+        return [str(x) for x in self._call(lambda r: r.srandmember(self._revoking, limit))]
 
     def count_pending(self) -> int:
-        return int(self._call(self._r.scard, self._revoking))
+        return int(self._call(lambda r: r.scard(self._revoking)))
 
     def clear_pending(self, sid: str) -> None:
-        self._call(self._r.srem, self._revoking, sid)
+        self._call(lambda r: r.srem(self._revoking, sid))
 
     def leases(self, sid: str) -> list[str]:
-        return sorted(self._call(self._r.smembers, self._k(sid)[1]))
+        lk = self._k(sid)[1]
+        return sorted(str(x) for x in self._call(lambda r: r.smembers(lk)))
 
     def count_active(self) -> int:
-        return int(self._call(self._r.zcard, self._active))
+        return int(self._call(lambda r: r.zcard(self._active)))
 
     def ping(self) -> bool:
         try:
-            return bool(self._r.ping())
-        except redis.RedisError:
+            return bool(self._call(lambda r: r.ping()))
+        except BackendUnavailable:
             return False
 
     def close(self) -> None:
-        self._r.close()
+        self.source.close()
 
 
 # -- in memory ---------------------------------------------------------------------
@@ -414,3 +459,6 @@ class MemoryRegistry:
 
     def ping(self) -> bool:
         return True
+
+    def close(self) -> None:
+        return None

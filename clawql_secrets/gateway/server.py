@@ -1,4 +1,9 @@
-"""Wiring: a ``GatewayConfig`` → the ASGI app with its OpenBao client, registry and tools."""
+"""Wiring: a ``GatewayConfig`` → the ASGI app with its OpenBao client, registry and tools.
+
+Nothing here connects: the registry's Redis user is issued on first use
+(``registry_creds``), so a gateway starts while OpenBao or Redis is still coming up
+and reports not ready (``/readyz``) until both answer.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from clawql_secrets.gateway.bao_login import LoginClient
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.registry import RedisRegistry
+from clawql_secrets.gateway.registry_creds import connect
 from clawql_secrets.gateway.tools import load_tools
 
 
@@ -20,7 +26,7 @@ def build(cfg: GatewayConfig) -> tuple[Starlette, Gateway]:
         timeout=cfg.openbao.timeout,
         retry_for=cfg.openbao.retry_for,
     )
-    registry = RedisRegistry(cfg.registry.redis_url, cfg.registry.prefix)
+    registry = RedisRegistry(connect(cfg.registry, bao, cfg.identity), cfg.registry.prefix)
     login = LoginClient(
         cfg.openbao.addrs,
         cfg.openbao.ca_file,

@@ -36,6 +36,13 @@ restore in another process are used at once.
 
 Errors are ``{"errors": ["..."]}`` like OpenBao's, with no stack trace and
 never a plaintext; logs go to stderr, one line per refusal or error.
+
+With ``metrics_port`` set, a second listener serves Prometheus metrics
+(:class:`BridgeMetrics`) in plain HTTP on ``metrics_host``, loopback by
+default. It is a separate socket on purpose: the mTLS listener serves only the
+seal API (its ``/metrics`` is a 404), and a scraper needs no seal-client
+certificate. The metrics carry counts, timings, the key version and node ids,
+never a plaintext, ciphertext, key or PIN.
 """
 
 from __future__ import annotations
@@ -47,18 +54,23 @@ import contextlib
 import errno
 import json
 import logging
+import re
 import signal
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -80,6 +92,7 @@ from clawql_secrets.hsm.token import (
     DecryptionFailed,
     HSMToken,
     KeyVersionMissing,
+    PinError,
 )
 from clawql_secrets.validation import describe_validation_error
 
@@ -90,6 +103,7 @@ DEFAULT_MOUNT = "transit"
 DEFAULT_KEY_NAME = "clawql-unseal"
 DEFAULT_PORT = 18300
 _MAX_HEADER_BYTES = 16 * 1024
+_T = TypeVar("_T")
 
 
 # -- settings ------------------------------------------------------------------
@@ -116,6 +130,9 @@ class BridgeSettings(BaseModel):
     client_ca: Path
     allowed_uri_prefix: str = DEFAULT_URI_PREFIX
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # Prometheus metrics, plain HTTP, on their own listener; off when unset.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @field_validator("key_name")
     @classmethod
@@ -141,6 +158,13 @@ class BridgeSettings(BaseModel):
                 "must be a URI prefix ending in '/', e.g. spiffe://clawql.local/openbao/"
             )
         return value
+
+    @model_validator(mode="after")
+    def _metrics_listener_is_separate(self) -> BridgeSettings:
+        # The seal API listener serves only the seal API.
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port (the mTLS seal API listener)")
+        return self
 
     def resolved(self, base_dir: Path) -> BridgeSettings:
         """The same settings with relative paths anchored at ``base_dir``."""
@@ -205,16 +229,230 @@ def client_identity(peercert: Mapping[str, Any] | None, prefix: str) -> str:
     )
 
 
+# -- metrics ---------------------------------------------------------------------
+
+# Label vocabularies: fixed, so that no request can add a series.
+SEAL_OUTCOMES = (
+    "ok",
+    "invalid_request",  # the body's field, base64 or ciphertext format is wrong
+    "not_authentic",  # the ciphertext does not authenticate: altered, or another key/mount
+    "unknown_version",  # the ciphertext names a key version the token does not hold
+    "hsm_error",  # the token failed (clawql_bridge_hsm_errors_total says how)
+    "internal_error",  # a bug in the bridge
+)
+REFUSAL_REASONS = (
+    "no_client_cert",
+    "identity_not_allowed",
+    "not_found",
+    "token_renewal",
+    "method_not_allowed",
+    "body_too_large",
+    "bad_request",
+    "internal_error",
+)
+HSM_ERROR_KINDS = ("pin", "key_missing", "token", "internal")
+OTHER_CALLER = "other"
+MAX_CALLERS = 32
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_REASON_BY_STATUS = {
+    400: "bad_request",
+    401: "no_client_cert",
+    403: "identity_not_allowed",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+_OUTCOME_BY_STATUS = {400: "invalid_request", 503: "hsm_error"}
+# SoftHSM answers in well under a millisecond; a network HSM in tens of them.
+_PKCS11_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def caller_label(identity: str | None, prefix: str) -> str:
+    """The ``caller`` label for a client certificate's URI SAN: its node id, or "other".
+
+    Only a SAN under ``prefix`` whose remainder is one short path segment
+    (``.../openbao/n1`` -> ``n1``) becomes a label; anything else, or no
+    certificate, is ``other``.
+    """
+    if identity is None or not identity.startswith(prefix):
+        return OTHER_CALLER
+    node = identity[len(prefix) :]
+    return node if _NODE_ID.fullmatch(node) else OTHER_CALLER
+
+
+def hsm_error_kind(exc: BaseException) -> str:
+    """The ``kind`` label for a failure of the token: a fixed word, never the message."""
+    if isinstance(exc, PinError):
+        return "pin"
+    if isinstance(exc, KeyVersionMissing):
+        return "key_missing"
+    if isinstance(exc, HSMError):
+        return "token"
+    return "internal"
+
+
+class BridgeMetrics:
+    """What an operator alerts on, for one bridge process (thread-safe).
+
+    Exported (``start_http_server`` on ``metrics_host:metrics_port``)::
+
+        clawql_bridge_seal_operations_total{operation,outcome,caller}
+            encrypt/decrypt calls that reached the key; outcome in SEAL_OUTCOMES,
+            caller the node id of the certificate's URI SAN (caller_label)
+        clawql_bridge_refused_requests_total{reason,caller}
+            requests refused before any seal operation (REFUSAL_REASONS); a
+            certificate from another CA fails the TLS handshake and is not counted
+        clawql_bridge_pkcs11_seconds{operation}
+            histogram of PKCS#11 calls (encrypt, decrypt, current_version),
+            waiting for the process-wide PKCS#11 lock included
+        clawql_bridge_hsm_errors_total{kind}
+            token failures: pin, key_missing, token (absent, logged out,
+            device error...), internal
+        clawql_bridge_token_available
+            1 when the token answered this scrape's key-version lookup, else 0
+        clawql_bridge_key_version
+            the version new encryptions use (absent while the token fails)
+
+    The last two are measured at each scrape (one ``C_FindObjects``), so a
+    token lost between two seal operations, which are rare (a node's start),
+    shows at once. Callers beyond ``MAX_CALLERS`` distinct node ids count as
+    ``other``, so the series stay bounded even if the seal-client CA signs
+    many certificates.
+    """
+
+    def __init__(self, allowed_uri_prefix: str, probe: Callable[[], int] | None = None) -> None:
+        self._prefix = allowed_uri_prefix
+        self._lock = threading.Lock()
+        self._callers: set[str] = set()
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        if probe is not None:
+            # Registered first: errors it counts are in the same scrape's counters.
+            r.register(_TokenProbe(self, probe))
+        self.seal_operations = Counter(
+            "clawql_bridge_seal_operations",
+            "Transit encrypt/decrypt calls by operation, outcome and calling node",
+            ["operation", "outcome", "caller"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "clawql_bridge_refused_requests",
+            "Requests refused before any seal operation, by reason and calling node",
+            ["reason", "caller"],
+            registry=r,
+        )
+        self.pkcs11_seconds = Histogram(
+            "clawql_bridge_pkcs11_seconds",
+            "PKCS#11 call latency (lock wait included) by operation",
+            ["operation"],
+            buckets=_PKCS11_BUCKETS,
+            registry=r,
+        )
+        self.hsm_errors = Counter(
+            "clawql_bridge_hsm_errors",
+            "Token failures by kind (pin, key_missing, token, internal)",
+            ["kind"],
+            registry=r,
+        )
+        # Present at 0 from the start, so that increase() sees the first one.
+        for kind in HSM_ERROR_KINDS:
+            self.hsm_errors.labels(kind)
+        for reason in REFUSAL_REASONS:
+            self.refused.labels(reason, OTHER_CALLER)
+
+    def caller(self, identity: str | None) -> str:
+        label = caller_label(identity, self._prefix)
+        with self._lock:
+            if label in self._callers or label == OTHER_CALLER:
+                return label
+            if len(self._callers) >= MAX_CALLERS:
+                return OTHER_CALLER
+            self._callers.add(label)
+            return label
+
+    def sealed(self, operation: str, outcome: str, caller: str) -> None:
+        self.seal_operations.labels(operation, outcome, caller).inc()
+
+    def refusal(self, reason: str, caller: str) -> None:
+        self.refused.labels(reason, caller).inc()
+
+    def hsm_error(self, exc: BaseException) -> None:
+        self.hsm_errors.labels(hsm_error_kind(exc)).inc()
+
+    def timed(self, operation: str, call: Callable[[], _T]) -> _T:
+        """``call()``, its duration observed as a PKCS#11 operation whatever it raises."""
+        start = time.perf_counter()
+        try:
+            return call()
+        finally:
+            self.pkcs11_seconds.labels(operation).observe(time.perf_counter() - start)
+
+
+class _TokenProbe(Collector):
+    """The token's state at scrape time: available or not, and the current key version."""
+
+    def __init__(self, metrics: BridgeMetrics, probe: Callable[[], int]) -> None:
+        self._metrics = metrics
+        self._probe = probe
+        self._was_available: bool | None = None
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "clawql_bridge_token_available",
+                "1 when the token answered this scrape's key-version lookup, else 0",
+            ),
+            GaugeMetricFamily("clawql_bridge_key_version", "The key version new encryptions use"),
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        available, version = self._families()
+        try:
+            current = self._metrics.timed("current_version", self._probe)
+        except Exception as exc:  # any failure is "unavailable"; the kind says which
+            self._metrics.hsm_error(exc)
+            available.add_metric([], 0)
+            if self._was_available is not False:  # one log line per outage, not per scrape
+                why = exc.message if isinstance(exc, ClawQLError) else type(exc).__name__
+                log.error("metrics: the token is unavailable: %s", why)
+            self._was_available = False
+        else:
+            available.add_metric([], 1)
+            version.add_metric([], current)
+            if self._was_available is False:
+                log.info("metrics: the token is available again (key version %d)", current)
+            self._was_available = True
+        yield available
+        yield version
+
+
 # -- the ASGI app ---------------------------------------------------------------
 
 
 class _Refusal(Exception):
-    """An HTTP error answer; the message is safe to show and to log."""
+    """An HTTP error answer; the message is safe to show and to log.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``label`` overrides the metrics label its status implies (a refusal
+    reason before a seal operation, an outcome during one).
+    """
+
+    def __init__(self, status: int, message: str, *, label: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.label = label
+
+
+@dataclass
+class _Call:
+    """What one request turned out to be, for its metrics."""
+
+    caller: str = OTHER_CALLER
+    operation: str | None = None  # set once a seal operation is underway
 
 
 def _errors(status: int, *messages: str) -> JSONResponse:
@@ -231,9 +469,12 @@ def _where(request: Request) -> str:
 class BridgeApp:
     """Request handling for one mount and key name over one token handle."""
 
-    def __init__(self, settings: BridgeSettings, token: HSMToken) -> None:
+    def __init__(
+        self, settings: BridgeSettings, token: HSMToken, metrics: BridgeMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.token = token
+        self.metrics = metrics or BridgeMetrics(settings.allowed_uri_prefix)
 
     def build(self) -> Starlette:
         return Starlette(
@@ -254,6 +495,7 @@ class BridgeApp:
         if status == 405:
             message = "method not allowed"
         log.warning("error %s: %d %s", _where(request), status, message)
+        self.metrics.refusal(_REASON_BY_STATUS.get(status, "internal_error"), OTHER_CALLER)
         return _errors(status, message)
 
     async def health(self, request: Request) -> Response:
@@ -264,24 +506,41 @@ class BridgeApp:
             "key_version": None,
         }
         try:
-            body["key_version"] = await run_in_threadpool(self.token.current_version)
+            body["key_version"] = await run_in_threadpool(
+                self.metrics.timed, "current_version", self.token.current_version
+            )
         except ClawQLError as exc:
+            self.metrics.hsm_error(exc)
             log.error("health %s: %s", _where(request), exc.message)
             body["status"] = "unavailable"
             return JSONResponse(body, status_code=503)
         return JSONResponse(body)
 
     async def dispatch(self, request: Request) -> Response:
+        call = _Call()
         try:
             identity = self._authenticate(request)
-            return await self._route(request, identity)
+            call.caller = self.metrics.caller(identity)
+            response = await self._route(request, identity, call)
         except _Refusal as exc:
             level = logging.WARNING if exc.status < 500 else logging.ERROR
             log.log(level, "refused %s: %d %s", _where(request), exc.status, exc.message)
+            self._count(call, exc.status, exc.label)
             return _errors(exc.status, exc.message)
         except Exception as exc:  # a bug: answer without detail, log the type only
             log.error("error %s: 500 internal error (%s)", _where(request), type(exc).__name__)
+            self._count(call, 500, "internal_error")
             return _errors(500, "internal error")
+        self._count(call, 200, "ok")
+        return response
+
+    def _count(self, call: _Call, status: int, label: str | None) -> None:
+        if call.operation is not None:
+            outcome = label or _OUTCOME_BY_STATUS.get(status, "internal_error")
+            self.metrics.sealed(call.operation, outcome, call.caller)
+        else:
+            reason = label or _REASON_BY_STATUS.get(status, "internal_error")
+            self.metrics.refusal(reason, call.caller)
 
     def _authenticate(self, request: Request) -> str:
         tls = request.scope.get("extensions", {}).get("tls", {})
@@ -291,13 +550,14 @@ class BridgeApp:
         except AuthenticationError as exc:
             raise _Refusal(401 if not peercert else 403, exc.message) from exc
 
-    async def _route(self, request: Request, identity: str) -> Response:
+    async def _route(self, request: Request, identity: str, call: _Call) -> Response:
         rest = request.path_params["rest"]
         if rest == "auth/token/renew-self":
             raise _Refusal(
                 404,
                 "token renewal is not supported: callers authenticate with client "
                 'certificates; set disable_renewal = "true" in the seal stanza',
+                label="token_renewal",
             )
         parts = rest.rsplit("/", 2)
         if len(parts) != 3 or parts[1] not in ("encrypt", "decrypt"):
@@ -310,6 +570,7 @@ class BridgeApp:
         if request.method not in ("PUT", "POST"):
             raise _Refusal(405, f"{operation} takes PUT or POST")
         body = await self._read_json(request)
+        call.operation = operation
         if operation == "encrypt":
             return await self._encrypt(body, identity)
         return await self._decrypt(body, identity)
@@ -356,8 +617,11 @@ class BridgeApp:
             raise _Refusal(400, "field 'plaintext' must be base64") from exc
         aad = partial(envelope.aad_for, self.settings.mount, self.settings.key_name)
         try:
-            version, blob = await run_in_threadpool(self.token.encrypt, plaintext, aad)
+            version, blob = await run_in_threadpool(
+                self.metrics.timed, "encrypt", partial(self.token.encrypt, plaintext, aad)
+            )
         except HSMError as exc:
+            self.metrics.hsm_error(exc)
             raise _Refusal(503, f"HSM failure: {exc.message}") from exc
         log.info("encrypt by %s with %s v%d", identity, self.settings.key_name, version)
         ciphertext = envelope.format_ciphertext(version, blob)
@@ -371,10 +635,17 @@ class BridgeApp:
             raise _Refusal(400, f"invalid ciphertext: {exc.message}") from exc
         aad = envelope.aad_for(self.settings.mount, self.settings.key_name, env.version)
         try:
-            plaintext = await run_in_threadpool(self.token.decrypt, env.version, env.blob, aad)
-        except (DecryptionFailed, KeyVersionMissing) as exc:
-            raise _Refusal(400, exc.message) from exc
+            plaintext = await run_in_threadpool(
+                self.metrics.timed,
+                "decrypt",
+                partial(self.token.decrypt, env.version, env.blob, aad),
+            )
+        except DecryptionFailed as exc:
+            raise _Refusal(400, exc.message, label="not_authentic") from exc
+        except KeyVersionMissing as exc:
+            raise _Refusal(400, exc.message, label="unknown_version") from exc
         except HSMError as exc:
+            self.metrics.hsm_error(exc)
             raise _Refusal(503, f"HSM failure: {exc.message}") from exc
         log.info("decrypt by %s with %s v%d", identity, self.settings.key_name, env.version)
         encoded = base64.b64encode(plaintext).decode("ascii")
@@ -450,10 +721,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(settings: BridgeSettings, token: HSMToken) -> uvicorn.Server:
+def make_server(
+    settings: BridgeSettings, token: HSMToken, metrics: BridgeMetrics | None = None
+) -> uvicorn.Server:
     ctx = build_ssl_context(settings)
     config = uvicorn.Config(
-        BridgeApp(settings, token).build(),
+        BridgeApp(settings, token, metrics).build(),
         http=ClientCertProtocol,
         # The stdlib loop: ClientCertProtocol reads the peer certificate from its
         # SSL transport, which is what this protocol was written and tested against.
@@ -470,12 +743,47 @@ def make_server(settings: BridgeSettings, token: HSMToken) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+@contextlib.contextmanager
+def metrics_listener(metrics: BridgeMetrics, host: str, port: int) -> Iterator[str]:
+    """Serve ``metrics`` over plain HTTP on ``host:port`` (0: a free port); yields the URL.
+
+    prometheus-client's own server (a thread per scrape), stopped on exit.
+    """
+    try:
+        server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"metrics port {port} on {host} is already in use",
+                fix="stop whatever listens there, or set another metrics_port in the bridge config",
+            ) from exc
+        raise ConfigError(f"cannot serve metrics on {host}:{port} ({exc.strerror})") from exc
+    try:
+        shown = host if ":" not in host else f"[{host}]"
+        yield f"http://{shown}:{server.server_port}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def _metrics_if_configured(settings: BridgeSettings, metrics: BridgeMetrics) -> Iterator[None]:
+    if settings.metrics_port is None:
+        yield
+        return
+    with metrics_listener(metrics, settings.metrics_host, settings.metrics_port) as url:
+        log.info("HSM bridge metrics on %s", url)
+        yield
+
+
 def serve(settings: BridgeSettings) -> None:
     """Open the token and serve until SIGINT/SIGTERM."""
     sock = bind_socket(settings.host, settings.port)
     try:
         with open_token(settings) as token:
-            server = make_server(settings, token)
+            metrics = BridgeMetrics(settings.allowed_uri_prefix, probe=token.current_version)
+            server = make_server(settings, token, metrics)
             version = token.current_version() if token.versions() else None
             log.info(
                 "HSM bridge on https://%s:%d: mount %r, key %r (current version %s), token %r",
@@ -486,7 +794,8 @@ def serve(settings: BridgeSettings) -> None:
                 version,
                 settings.token_label,
             )
-            with _sigterm_exits_cleanly():
+            # The metrics listener stops before the token closes (its scrapes use it).
+            with _metrics_if_configured(settings, metrics), _sigterm_exits_cleanly():
                 server.run(sockets=[sock])
     finally:
         sock.close()
@@ -516,14 +825,19 @@ def _sigterm_exits_cleanly() -> Iterator[None]:
 
 @contextlib.contextmanager
 def running_in_thread(
-    settings: BridgeSettings, token: HSMToken, *, startup_timeout: float = 15.0
+    settings: BridgeSettings,
+    token: HSMToken,
+    *,
+    metrics: BridgeMetrics | None = None,
+    startup_timeout: float = 15.0,
 ) -> Iterator[str]:
     """Serve in a background thread (tests, benchmarks); yields the base URL.
 
     Waits until uvicorn is listening and always stops and joins the thread.
-    Port 0 picks a free port.
+    Port 0 picks a free port. The metrics listener is not started here: pass
+    ``metrics`` and serve them with :func:`metrics_listener` if wanted.
     """
-    server = make_server(settings, token)
+    server = make_server(settings, token, metrics)
     sock = bind_socket(settings.host, settings.port)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="hsm-bridge", daemon=True

@@ -10,6 +10,7 @@ granted them by mistake.
 
 from __future__ import annotations
 
+from clawql_secrets.cluster.redis_registry import MOUNT as REGISTRY_MOUNT
 from clawql_secrets.policy.hcl import quote
 from clawql_secrets.provision.model import AgentRole, DesiredState
 from clawql_secrets.provision.render import (
@@ -46,6 +47,8 @@ DENIED = (
     "identity/oidc/key/*",
     "identity/oidc/role/*",
     "identity/oidc/config",
+    # The gateway's session registry (ADR 0011): its Redis users are the gateway's alone.
+    f"{REGISTRY_MOUNT}/*",
 )
 
 

@@ -55,6 +55,12 @@ CATALOG: Final[tuple[BootstrapItem, ...]] = (
         "(ADR 0010; rotate by listing a new public key in exchange.public_keys first)",
     ),
     BootstrapItem(
+        "witness_key",
+        "witness/witness.key",
+        "audit witness key: its cosignatures vouch that the log was not forked or rolled back "
+        "(held by another party in production)",
+    ),
+    BootstrapItem(
         "holder_identity", "holders/*.key", "DEV ONLY: a recovery key holder's age identity"
     ),
 )

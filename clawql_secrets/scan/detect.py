@@ -32,6 +32,8 @@ before any layer runs: their base64 lines are random but not secret.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
 import re
 import string
@@ -47,10 +49,12 @@ HIGH_ENTROPY_VALUE: Final = "high_entropy_value"
 HIGH_ENTROPY_TOKEN: Final = "high_entropy_token"
 PRIVATE_KEY_DER: Final = "private_key_der"
 AGE_SECRET_KEY: Final = "age_secret_key"
+NOTE_PRIVATE_KEY: Final = "note_private_key"
 
 KINDS: Final = (
     *recognizers.KINDS,
     AGE_SECRET_KEY,
+    NOTE_PRIVATE_KEY,
     PRIVATE_KEY_DER,
     HIGH_ENTROPY_VALUE,
     HIGH_ENTROPY_TOKEN,
@@ -60,6 +64,10 @@ KINDS: Final = (
 EXTRA_PATTERNS: Final[dict[str, re.Pattern[str]]] = {
     # age X25519 identities (Bech32, upper case): the holders' keys.
     AGE_SECRET_KEY: re.compile(r"(?<![A-Z0-9-])AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}(?![A-Z0-9])"),
+    # Go `note` signer keys (audit checkpoint and witness key files in development).
+    NOTE_PRIVATE_KEY: re.compile(
+        r"PRIVATE\+KEY\+[^\s+]{1,128}\+[0-9a-f]{8}\+[A-Za-z0-9+/]{44}(?![A-Za-z0-9+/=])"
+    ),
 }
 
 # Armoured blocks that are public (or encrypted): blanked before scanning.
@@ -545,10 +553,55 @@ def _narrow(text: str, start: int, end: int, kind: str) -> tuple[int, int]:
 
 
 def _blank_armour(text: str) -> str:
-    """Public armoured blocks replaced by spaces, newlines kept (offsets and lines hold)."""
-    if "-----BEGIN" not in text:
-        return text
-    return _ARMOUR.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+    """Public armoured blocks, C2SP verifier keys and signed-note signature lines
+    replaced by spaces, newlines kept (offsets and lines hold)."""
+    if "-----BEGIN" in text:
+        text = _ARMOUR.sub(lambda m: _spaces(m.group(0)), text)
+    if "+" in text:
+        text = _VKEY.sub(
+            lambda m: _spaces(m.group(0)) if _is_vkey(m.group(0)) else m.group(0), text
+        )
+    if "\u2014 " in text:
+        text = _SIGNATURE_LINE.sub(
+            lambda m: _spaces(m.group(0)) if _is_signature(m.group(1)) else m.group(0), text
+        )
+    return text
+
+
+def _spaces(s: str) -> str:
+    return re.sub(r"[^\n]", " ", s)
+
+
+# A C2SP vkey: <name>+<8 hex>+<base64(type || 32-byte key)>; public by construction.
+_VKEY: Final = re.compile(
+    r"(?<![A-Za-z0-9+/=])(?<!KEY\+)[^\s\"'+,]{1,128}\+[0-9a-f]{8}\+[A-Za-z0-9+/]{44}"
+    r"(?![A-Za-z0-9+/=])"
+)
+# One signature line of a C2SP signed note (the log's signature or a witness's cosignature).
+_SIGNATURE_LINE: Final = re.compile(r"(?m)^\u2014 [^\s]{1,256} ([A-Za-z0-9+/]{80,112}={0,2})$")
+
+
+def _is_vkey(text: str) -> bool:
+    """True when ``text`` parses as a log or witness verifier key (its hash checks out)."""
+    from clawql_secrets.audit.checkpoint import VerifierKey
+    from clawql_secrets.audit.cosignature import WitnessKey
+
+    for parse in (VerifierKey.parse, WitnessKey.parse):
+        try:
+            parse(text)
+        except (ClawQLError, ValueError):
+            continue
+        return True
+    return False
+
+
+def _is_signature(blob: str) -> bool:
+    """4-byte key hash + Ed25519 signature (68 bytes), or + timestamp (76: cosignature/v1)."""
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) in (68, 76)
 
 
 def _dedupe(spans: list[_Span]) -> list[_Span]:

@@ -14,13 +14,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
+from clawql_secrets.audit.key_transition import load_keyset
+from clawql_secrets.audit.shipper import stored_ids
+from clawql_secrets.audit.store import LocalWormStore
 from clawql_secrets.cluster import bootstrap, stack
 from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.issuer import LocalIssuer
+from clawql_secrets.witness import localstack as witness_localstack
 
 pytestmark = pytest.mark.cluster
 
@@ -99,6 +104,7 @@ def test_ceremony_destroy_token_restore_from_three_shares_cluster_unseals(
         args += ["--holder", h]
     cli(*args)
     escrowed = bridge_version(s)
+    old_keys = load_keyset(s.audit_dir / "verifier.txt")
     # Restart so the active node re-wraps its stored keys with the escrowed version
     # (OpenBao upgrades seal-wrapped keys when the key id changes).
     restart(s)
@@ -189,7 +195,46 @@ def test_ceremony_destroy_token_restore_from_three_shares_cluster_unseals(
     client, token = operator_token(s)
     with client:
         got = client.read("secret/data/ops/before-hsm-loss", token=token)
+        client.write("secret/data/ops/after-hsm-loss", {"data": {"v": 43}}, token=token)
     assert got["data"]["data"] == {"v": 42}
+
+    # The audit trail survived too. The checkpoint key was in the lost token: the
+    # shipper signs with a new one, which took over after the old key's last
+    # checkpoint of every stream (a key transition, ADR 0012).
+    stack.down(s)  # the shipper stops last: it drains every node's file and publishes
+    keys = load_keyset(s.audit_dir / "verifier.txt")
+    assert len(keys.epochs) == 2 and keys.epochs[0].key == old_keys.newest
+    assert set(keys.epochs[1].after) == set(stack.NODE_IDS)
+    # The witness (its own process and key) cosigned across the transition: the newest
+    # checkpoint of every stream, signed by the new key, extends what it saw before.
+    proc = cli(
+        "audit",
+        "verify",
+        "--store",
+        str(s.audit_dir / "store"),
+        "--pubkey-file",
+        str(s.audit_dir / "verifier.txt"),
+        "--witness-key",
+        str(witness_localstack.witness_key(s)),
+        "--json",
+    )
+    result = json.loads(proc.stdout)
+    assert result["ok"], result
+    assert all(
+        r["cosigned_by"] == {witness_localstack.WITNESS_NAME: ANY} for r in result["streams"]
+    )
+    store = LocalWormStore(s.audit_dir / "store")
+    for report in result["streams"]:
+        node = report["stream"]
+        # every line of the node's audit files is in the log, once
+        lines = sum(
+            p.read_bytes().count(b"\n") for p in (s.node_dir(node) / "audit").glob("audit.log*")
+        )
+        ids = stored_ids(store, node, 0)
+        assert report["entries"] == lines == len(ids), (node, report, lines)
+        # and both keys signed part of it: entries before and after the loss
+        assert 0 < keys.epochs[1].after[node] < report["latest_size"]
+    stack.up(s)
 
 
 def test_break_glass_root_token_used_once_then_revoked(

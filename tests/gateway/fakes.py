@@ -32,7 +32,8 @@ LOGIN_PATH = "/v1/auth/agents/login"
 
 def unit_config(tmp_path: Path, **extra: Any) -> GatewayConfig:
     """A ``GatewayConfig`` for unit tests under ``tmp_path``: an empty CA file (never
-    loaded), the session issuer's JWKS path, a workload JWT path, a fresh exchange key,
+    loaded; also the registry's, whose Redis unit tests never reach), the session
+    issuer's JWKS path, a workload JWT path, a fresh exchange key,
     role ``analyst`` allowed every built-in tool, plus ``extra``."""
     ca = tmp_path / "ca.pem"
     ca.write_text("")
@@ -43,6 +44,7 @@ def unit_config(tmp_path: Path, **extra: Any) -> GatewayConfig:
             "sessions": {"jwks_file": str(tmp_path / "sessions-issuer" / "jwks.json")},
             "identity": {"jwt_file": str(tmp_path / "none.jwt")},
             "exchange": {"key_file": str(tmp_path / "gateway-exchange" / exchange.KEY_FILE)},
+            "registry": {"host": "127.0.0.1", "port": 6380, "ca_file": str(ca)},
             "roles": {"analyst": {"tools": ALL_TOOLS}},
             **extra,
         }

@@ -10,8 +10,15 @@ Replica A runs in this process (uvicorn in a thread) so that a recording
 httpx transport under its OpenBao client can collect every credential it sends
 or receives — the canaries: OpenBao tokens (per-call batch tokens and session
 anchor tokens), accessors, the gateway's exchange assertions, database
-passwords, private keys, identity tokens. Replica B is a separate
+passwords, private keys, identity tokens, and its own registry Redis users'
+passwords (issued to it through that same client). Replica B is a separate
 ``clawql-secrets gateway serve`` process sharing the Redis registry.
+
+Every replica reaches the stack's registry Redis as ``up`` configures it: TLS
+only, as a Redis user OpenBao issues to that replica (ADR 0011). Tests read the
+registry with a credential OpenBao issues too: the gateway's role
+(``registry_reader``), or the break-glass inspector's (``redis_text``, with a
+root token from the dev holders' recovery shares).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import base64
 import contextlib
 import json
 import logging
+import secrets
 import signal
 import socket
 import ssl
@@ -39,14 +47,17 @@ import uvicorn
 import yaml
 from psycopg import sql as pgsql
 
-from clawql_secrets.cluster import stack
+from clawql_secrets import holders
+from clawql_secrets.cluster import bootstrap, breakglass, redis_registry, stack
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
+from clawql_secrets.gateway import registry_creds
 from clawql_secrets.gateway.app import build_app
 from clawql_secrets.gateway.config import GatewayConfig
 from clawql_secrets.gateway.core import Gateway
 from clawql_secrets.gateway.registry import RedisRegistry
 from clawql_secrets.gateway.tools import load_tools
+from clawql_secrets.issuer import LocalIssuer
 from tests.shipped import Shipped
 
 ADMIN_SUBJECT = "clawql-admin"
@@ -197,11 +208,8 @@ class InProcessReplica:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
-        self.gateway.close()
+        self.gateway.close()  # its registry too: this replica's Redis users are revoked
         self.gateway.bao.close()
-        reg = self.gateway.registry
-        if isinstance(reg, RedisRegistry):
-            reg.close()
 
 
 def recording_client(cfg: GatewayConfig, canaries: Canaries) -> OpenBaoClient:
@@ -215,16 +223,31 @@ def recording_client(cfg: GatewayConfig, canaries: Canaries) -> OpenBaoClient:
     )
 
 
+def registry_for(cfg: GatewayConfig, bao: OpenBaoClient) -> RedisRegistry:
+    """The registry as a replica of ``cfg`` reaches it (``server.build``): its own Redis
+    user, issued through ``bao`` with the gateway's identity, kept fresh."""
+    return RedisRegistry(
+        registry_creds.connect(cfg.registry, bao, cfg.identity), cfg.registry.prefix
+    )
+
+
+@contextlib.contextmanager
+def registry_reader(cfg: GatewayConfig) -> Iterator[RedisRegistry]:
+    """A registry client for a test that reads what the gateway wrote (its own user, the
+    gateway's role; revoked at the end)."""
+    with OpenBaoClient(cfg.openbao.addrs, cfg.openbao.ca_file, retry_for=20) as bao:
+        reg = registry_for(cfg, bao)
+        try:
+            yield reg
+        finally:
+            reg.close()
+
+
 def start_in_process(cfg: GatewayConfig | dict[str, Any], canaries: Canaries) -> InProcessReplica:
     if not isinstance(cfg, GatewayConfig):
         cfg = GatewayConfig.model_validate(cfg)
     bao = recording_client(cfg, canaries)
-    gw = Gateway(
-        cfg,
-        bao=bao,
-        registry=RedisRegistry(cfg.registry.redis_url, cfg.registry.prefix),
-        tools=load_tools(cfg),
-    )
+    gw = Gateway(cfg, bao=bao, registry=registry_for(cfg, bao), tools=load_tools(cfg))
     server = uvicorn.Server(
         uvicorn.Config(build_app(gw), host=cfg.host, port=cfg.port, log_level="info", lifespan="on")
     )
@@ -388,11 +411,64 @@ def audit_text(settings: StackSettings) -> str:
     return "\n".join(parts)
 
 
-def redis_text(prefix: str) -> str:
-    """Every key and value of the registry under ``prefix``, whatever its type."""
-    r = redis.Redis(host="127.0.0.1", port=6379, decode_responses=True)
-    out: list[str] = []
+def root_token(s: StackSettings, client: OpenBaoClient) -> str:
+    """Break-glass: a quorum of the dev holders decrypt their recovery shares."""
+    shares = []
+    for i in range(1, s.recovery_threshold + 1):
+        ident = holders.load_identity(s.holders_dir / f"holder-{i}.key")
+        blob = (s.recovery_dir / f"recovery-share-{i}.age").read_bytes()
+        shares.append(base64.b64encode(holders.decrypt_with(ident, blob, f"share {i}")).decode())
+    issuer = LocalIssuer.load(s.issuer_dir, stack.ISSUER_URL)
+    bg = bootstrap.login(client, issuer, bootstrap.BREAKGLASS)
     try:
+        return breakglass.generate_root(client, shares, bg)
+    finally:
+        client.request("POST", "auth/token/revoke-self", token=bg, retry_for=10)
+
+
+def registry_client(
+    s: StackSettings, username: str | None = None, password: str | None = None
+) -> redis.Redis:
+    """A client of the stack's registry Redis over TLS, verified with its CA."""
+    return redis.Redis(
+        host=s.host,
+        port=s.registry_port,
+        username=username,
+        password=password,
+        ssl=True,
+        ssl_ca_certs=str(redis_registry.ca_file(s)),
+        decode_responses=True,
+        socket_timeout=5,
+        protocol=2,
+        driver_info=None,
+    )
+
+
+@contextlib.contextmanager
+def registry_inspector(s: StackSettings) -> Iterator[redis.Redis]:
+    """The registry read as an operator in an incident would: a break-glass root token
+    reads the read-only inspector role's credential (no policy grants it); the lease
+    and the root token are revoked at the end."""
+    with stack.client_for(s, retry_for=20) as bao:
+        root = root_token(s, bao)
+        try:
+            resp = bao.read(
+                f"{redis_registry.MOUNT}/creds/{redis_registry.INSPECTOR_ROLE}", token=root
+            )
+            r = registry_client(s, resp["data"]["username"], resp["data"]["password"])
+            try:
+                yield r
+            finally:
+                r.close()
+                bao.write("sys/leases/revoke", {"lease_id": resp["lease_id"]}, token=root)
+        finally:
+            bao.request("POST", "auth/token/revoke-self", token=root, retry_for=10)
+
+
+def redis_text(s: StackSettings, prefix: str) -> str:
+    """Every key and value of the registry under ``prefix``, whatever its type."""
+    out: list[str] = []
+    with registry_inspector(s) as r:
         for key in r.scan_iter(f"{prefix}:*"):
             kind = r.type(key)
             if kind == "hash":
@@ -406,18 +482,12 @@ def redis_text(prefix: str) -> str:
             else:
                 value = r.get(key)
             out.append(f"{key} {value}")
-    finally:
-        r.close()
     return "\n".join(out)
 
 
-def drop_registry(prefix: str) -> None:
-    r = redis.Redis(host="127.0.0.1", port=6379)
-    try:
-        for key in r.scan_iter(f"{prefix}:*"):
-            r.delete(key)
-    finally:
-        r.close()
+def registry_prefix(name: str) -> str:
+    """A test's own namespace in the stack's registry (within the role's ``clawql:gw:*``)."""
+    return f"{redis_registry.KEY_PREFIX}:{name}{secrets.token_hex(3)}"
 
 
 @contextlib.contextmanager

@@ -19,6 +19,9 @@
   tenant, agent, sid) and the gateway (metadata actor).
 - The provisioner cannot create a CEL role (whose program would set its logins'
   policies, bypassing four-eyes).
+- Nor is there a path around the gateway through its session registry: an agent
+  that reaches the registry's Redis cannot read or write it (ADR 0011; what a
+  gateway credential allows and how it comes and goes: ``test_live_registry.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import hashlib
 import hmac
 import json
 import secrets
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,7 +43,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from clawql_secrets.cluster import bootstrap, stack
+from clawql_secrets.cluster import bootstrap, redis_registry, stack
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
 from clawql_secrets.errors import OpenBaoError
@@ -120,7 +125,6 @@ def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> 
         finally:
             agent.close()
             a.stop()
-            live.drop_registry(cfg.registry.prefix)
 
 
 @contextlib.contextmanager
@@ -511,28 +515,74 @@ def test_provisioner_cannot_create_a_cel_role(env: Env) -> None:
 
 
 # -- red team: the registry's Redis ----------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 15: Redis with authentication for the registry, credentials from "
-    "OpenBao): the local stack's registry Redis takes unauthenticated writes, so an agent "
-    "that reaches it can mark its anomaly-revoked session active again and get new "
-    "credentials until its JWT's exp (red team, this session)",
-)
-def test_an_agent_that_reaches_redis_cannot_revive_its_ended_session(env: Env) -> None:
-    import redis
+# Regression (red team, issue 15): the registry's Redis took unauthenticated writes, so
+# an agent that reached it marked its ended session active again and got new
+# credentials until its JWT's exp. It now speaks TLS only, its ``default`` user is off,
+# and its only users are OpenBao's (ADR 0011): with network reach alone an agent can
+# neither read nor write it.
+def _resp(*args: str) -> bytes:
+    return f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args
+    )
 
+
+def _answers(
+    env: Env, commands: list[tuple[str, ...]], *, tls: bool, verify: bool = True
+) -> list[str]:
+    """What the registry's Redis answers a client with network reach and no credential:
+    each command's first reply line, or how the connection ended. Raw RESP, so the
+    answers are the server's, not a client library's interpretation."""
+    reg = env.cfg.registry
+    out: list[str] = []
+    with socket.create_connection((reg.host, reg.port), timeout=5) as raw:
+        sock: socket.socket = raw
+        if tls:
+            ctx = ssl.create_default_context(cafile=str(reg.ca_file))
+            if not verify:
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            sock = ctx.wrap_socket(raw, server_hostname=reg.host)
+        try:
+            for cmd in commands:
+                try:
+                    sock.sendall(_resp(*cmd))
+                    line = sock.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
+                except OSError as exc:
+                    line = f"connection {type(exc).__name__}"
+                out.append(line or "connection closed")
+        finally:
+            sock.close()
+    return out
+
+
+def test_an_agent_that_reaches_redis_cannot_revive_its_ended_session(env: Env) -> None:
     jwt = env.jwt("acme", "reviver", "analyst", ttl=120)
     env.open_session(jwt)
     env.end_session(jwt)
     key = f"{env.cfg.registry.prefix}:s:{live.sid(jwt)}"
-    r = redis.Redis.from_url(env.cfg.registry.redis_url)  # what the agent's pod can reach
-    try:
-        r.hset(key, "state", "active")
-        r.hdel(key, "ended_reason", "ended_at")
-    finally:
-        r.close()
-    try:
-        resp = env.agent.call(env.a.url, jwt, "sql.query", {"database": PG, "sql": "SELECT 1"})
-        assert resp.status_code == 401, resp.text
-    finally:  # a revived session's new user is revoked again
-        env.agent.send("DELETE", f"{env.a.url}/v1/sessions/{live.sid(jwt)}", jwt)
+    write, read = ("HSET", key, "state", "active"), ("HGETALL", key)
+    # Plaintext: the TLS listener never answers a Redis command.
+    plain = _answers(env, [write, read], tls=False)
+    assert not any(a.startswith(("+", ":", "*", "$", "-")) for a in plain), plain
+    # TLS, no credential (the server's certificate checked or not): nothing runs.
+    for verify in (True, False):
+        assert (
+            _answers(env, [write, read, ("KEYS", "*")], tls=True, verify=verify)
+            == ["-NOAUTH Authentication required."] * 3
+        )
+    # The ``default`` user is off, whatever the password; the admin's is OpenBao's alone.
+    tries = [
+        ("AUTH", "default", ""),
+        ("AUTH", "default", "redis"),
+        ("AUTH", "redis"),
+        ("AUTH", redis_registry.ADMIN_USER, "clawql"),
+        ("HELLO", "3", "AUTH", "default", "default"),
+    ]
+    for attempt in tries:
+        answers = _answers(env, [attempt, write], tls=True)
+        assert answers[0].startswith("-WRONGPASS"), (attempt[:2], answers)
+        assert answers[1] == "-NOAUTH Authentication required.", (attempt[:2], answers)
+    with live.registry_reader(env.cfg) as reg:
+        rec = reg.get(live.sid(jwt))
+    assert rec is not None and rec.state == "ended"
+    resp = env.agent.call(env.a.url, jwt, "sql.query", {"database": PG, "sql": "SELECT 1"})
+    assert resp.status_code == 401, resp.text

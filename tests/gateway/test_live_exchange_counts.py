@@ -34,7 +34,6 @@ import contextlib
 import http.client
 import json
 import os
-import secrets
 import signal
 import threading
 import time
@@ -47,17 +46,13 @@ from typing import Any
 import psycopg
 import pymysql
 import pytest
-import redis
 
-from clawql_secrets import holders
-from clawql_secrets.cluster import bootstrap, breakglass, stack
+from clawql_secrets.cluster import stack
 from clawql_secrets.cluster.client import OpenBaoClient
 from clawql_secrets.cluster.layout import StackSettings
 from clawql_secrets.errors import OpenBaoError
 from clawql_secrets.gateway import session_issuer
-from clawql_secrets.gateway.config import RegistrySettings
 from clawql_secrets.gateway.core import ACCESSOR_PREFIX
-from clawql_secrets.gateway.registry import RedisRegistry
 from clawql_secrets.issuer import LocalIssuer
 from tests.gateway import live
 from tests.shipped import Shipped, provisioned
@@ -127,19 +122,7 @@ def count(client: OpenBaoClient, root: str, mount: str = "agents") -> Counts:
     return Counts(tokens, dict(per_sid), token_leases, cred_leases)
 
 
-def root_token(s: StackSettings, client: OpenBaoClient) -> str:
-    """Break-glass: a quorum of the dev holders decrypt their recovery shares."""
-    shares = []
-    for i in range(1, s.recovery_threshold + 1):
-        ident = holders.load_identity(s.holders_dir / f"holder-{i}.key")
-        blob = (s.recovery_dir / f"recovery-share-{i}.age").read_bytes()
-        shares.append(base64.b64encode(holders.decrypt_with(ident, blob, f"share {i}")).decode())
-    issuer = LocalIssuer.load(s.issuer_dir, stack.ISSUER_URL)
-    bg = bootstrap.login(client, issuer, bootstrap.BREAKGLASS)
-    try:
-        return breakglass.generate_root(client, shares, bg)
-    finally:
-        client.request("POST", "auth/token/revoke-self", token=bg, retry_for=10)
+root_token = live.root_token  # benchmarks/bench_revocation.py imports it from here
 
 
 @dataclass
@@ -172,12 +155,12 @@ class Env:
 def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     s = live_stack
     d = tmp_path_factory.mktemp("counts")
-    prefix = f"clawql:gwcounts:{secrets.token_hex(4)}"
+    prefix = live.registry_prefix("counts")
     with provisioned(s, d) as sh, stack.client_for(s, retry_for=20) as bao:
         root = root_token(s, bao)
         replica: live.InProcessReplica | None = None
         try:
-            cfg = sh.gateway_config(port=live.free_port(), registry=RegistrySettings(prefix=prefix))
+            cfg = sh.gateway_config(port=live.free_port(), registry_prefix=prefix)
             canaries = live.Canaries()
             replica = live.start_in_process(cfg.model_dump(mode="json"), canaries)
             yield Env(
@@ -189,10 +172,6 @@ def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> 
                 replica.stop()
             with contextlib.suppress(OpenBaoError):
                 bao.request("POST", "auth/token/revoke-self", token=root, retry_for=10)
-            r = redis.Redis()
-            for key in r.scan_iter(f"{prefix}:*"):
-                r.delete(key)
-            r.close()
 
 
 def session_id(jwt: str) -> str:
@@ -449,17 +428,17 @@ def test_gateway_killed_anchor_and_db_users_die_at_exp(env: Env) -> None:
     """With no gateway left to end it, OpenBao ends the session's credentials at exp."""
     port = live.free_port()
     prefix = f"{env.prefix}:killed"
-    cfg = env.shipped.gateway_config(port=port, registry=RegistrySettings(prefix=prefix))
+    cfg = env.shipped.gateway_config(port=port, registry_prefix=prefix)
     path = env.dir / "killed.json"
     path.write_text(cfg.model_dump_json())
     replica = live.start_process(path, port, env.dir / "killed.log")
-    registry = RedisRegistry(cfg.registry.redis_url, prefix)
-    c: _Client | None = None
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(replica.stop)
+        registry = cleanup.enter_context(live.registry_reader(cfg))  # its own Redis user
         ttl = 20  # room for the first calls on a loaded machine, short enough to wait out
         jwt = env.jwt("globex", "killed", ttl=ttl)
         exp = json.loads(base64.urlsafe_b64decode(jwt.split(".")[1] + "=="))["exp"]
-        c = _Client(replica.url, jwt)
+        c = cleanup.enter_context(contextlib.closing(_Client(replica.url, jwt)))
         pg_user, maria_user = _db_users(c)
         entries = registry.leases(c.sid)
         accessors = [e[len(ACCESSOR_PREFIX) :] for e in entries if e.startswith(ACCESSOR_PREFIX)]
@@ -480,12 +459,3 @@ def test_gateway_killed_anchor_and_db_users_die_at_exp(env: Env) -> None:
 
         live.wait_until(dead, timeout=max(0.0, exp - time.time()) + 30, interval=0.2)
         print(f"\nkilled gateway: credentials gone {time.time() - exp:+.1f} s after exp")
-    finally:
-        if c is not None:
-            c.close()
-        replica.stop()
-        registry.close()
-        r = redis.Redis()
-        for key in r.scan_iter(f"{prefix}:*"):
-            r.delete(key)
-        r.close()

@@ -114,7 +114,6 @@ def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> 
             for thing in reversed(stop):
                 with contextlib.suppress(Exception):
                     thing.stop() if hasattr(thing, "stop") else thing.close()
-            live.drop_registry(cfg.registry.prefix)
 
 
 def _user_of(env: Env, base: str, jwt: str) -> str:
@@ -491,7 +490,7 @@ def test_zz_canaries_never_leak(env: Env) -> None:
         "gateway B log": env.b.log_path.read_text(errors="replace"),
         "OpenBao audit logs": live.audit_text(env.settings),
     }
-    registry = live.redis_text(env.cfg.registry.prefix)
+    registry = live.redis_text(env.settings, env.cfg.registry.prefix)
     assert "database/creds/" in haystacks["OpenBao audit logs"]
     assert "database/creds/" in registry  # lease ids are there
     assert ACCESSOR_PREFIX in registry  # and anchor accessors (no token): ADR 0010

@@ -153,7 +153,6 @@ def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> 
             if replica is not None:
                 with contextlib.suppress(Exception):
                     replica.stop()
-            live.drop_registry(cfg.registry.prefix)
 
 
 def _b64(obj: object) -> str:
@@ -354,7 +353,7 @@ def test_zz_canaries_never_leak(env: Env) -> None:
     assert not sent & set(env.issued)
     assert "Traceback" not in haystacks["MCP responses"]
     # The shared registry holds lease ids and anchor accessors, never a credential.
-    registry = live.redis_text(env.gw.gateway.config.registry.prefix)
+    registry = live.redis_text(env.sh.settings, env.gw.gateway.config.registry.prefix)
     assert "database/creds/" in registry
     hits = env.canaries.found_in(registry, accessors=False)
     assert not hits, f"{len(hits)} credentials found in the Redis registry"

@@ -56,7 +56,6 @@ def replica(
             yield a, sh
         finally:
             a.stop()
-            live.drop_registry(cfg.registry.prefix)
 
 
 def test_underscored_tenant_role_and_hyphenated_agent_work_end_to_end(

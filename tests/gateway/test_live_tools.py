@@ -346,7 +346,6 @@ def env(live_stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> 
         cfg = live.config_for(
             sh, live.free_port(), tools=tools, sql={"statement_timeout_ms": 300, "max_rows": 20}
         )
-        cleanup.callback(live.drop_registry, cfg.registry.prefix)
         a = live.start_in_process(cfg, canaries)
         cleanup.callback(a.stop)
         agent = cleanup.enter_context(contextlib.closing(live.Agent()))
@@ -674,7 +673,7 @@ def test_zz_canaries_never_leak(env: Env) -> None:
             {ln.split(" ", 1)[0] for ln in env.logs.lines for c in env.canaries.values if c in ln}
         )
         assert not hits, f"{len(hits)} credentials found in {where} (loggers: {loggers})"
-    registry = live.redis_text(env.cfg.registry.prefix)
+    registry = live.redis_text(env.sh.settings, env.cfg.registry.prefix)
     assert registry  # the module's sessions (their leases revoked and gone with them)
     hits = env.canaries.found_in(registry, accessors=False)
     assert not hits, f"{len(hits)} credentials found in the Redis registry"

@@ -1,6 +1,8 @@
 """Anomaly counts shared through the real Redis: every replica judges all of a session's calls.
 
-Two ``RedisRegistry`` objects on one prefix play two gateway replicas; then two
+Two ``RedisRegistry`` objects on one prefix play two gateway replicas, each as its
+own Redis user with the gateway role's ACL, on the stack's registry Redis
+configuration (``tests/gateway/registry_redis.py``: TLS only, no OpenBao); then two
 ``Gateway`` objects (their OpenBao an in-memory fake that answers the session
 login only) share one Redis registry, and an agent alternating between them
 is revoked at the bound, not at twice the bound.
@@ -16,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from pydantic import BaseModel
 
 from clawql_secrets.gateway import session_issuer
@@ -27,18 +28,18 @@ from clawql_secrets.gateway.jwt_check import SessionClaims
 from clawql_secrets.gateway.registry import ACTIVE, ENDED, Opened, RedisRegistry
 from clawql_secrets.gateway.tools import ToolContext
 from tests.gateway.fakes import LOGIN_PATH, login_response, mock_openbao, unit_config
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.gateway.registry_redis import Fixed, PrivateRedis
 
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    p = f"clawql:anomtest:{secrets.token_hex(4)}"
-    yield p
-    r = redis.Redis.from_url(REDIS_URL)
-    for key in r.scan_iter(f"{p}:*"):
-        r.delete(key)
-    r.close()
+    yield f"clawql:gw:anomtest{secrets.token_hex(4)}"
+
+
+def _registry(redis_: PrivateRedis, prefix: str) -> RedisRegistry:
+    """A replica's registry: its own user, the gateway role's ACL."""
+    cred = redis_.make_user()
+    return RedisRegistry(Fixed(redis_.client(cred.username, cred.password)), prefix)
 
 
 def _claims(sid: str) -> SessionClaims:
@@ -54,8 +55,8 @@ def _claims(sid: str) -> SessionClaims:
     )
 
 
-def test_two_replicas_count_one_session_together(prefix: str) -> None:
-    a, b = RedisRegistry(REDIS_URL, prefix), RedisRegistry(REDIS_URL, prefix)
+def test_two_replicas_count_one_session_together(registry_redis: PrivateRedis, prefix: str) -> None:
+    a, b = _registry(registry_redis, prefix), _registry(registry_redis, prefix)
     try:
         w = Window(60, 100)
         counts = [(a if i % 2 else b).open(_claims("s1"), w).calls for i in range(10)]
@@ -66,7 +67,7 @@ def test_two_replicas_count_one_session_together(prefix: str) -> None:
         # Not counting: window 0 (rules off) leaves no key behind.
         assert a.open(_claims("s3")) == Opened(ACTIVE, 0)
         assert a.count_denied("s3", Window()) == 0
-        r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        r = registry_redis.reader()
         try:
             assert not r.exists(f"{prefix}:s:s3:calls", f"{prefix}:s:s3:denied")
             # Every count expires with its window; the set is capped.
@@ -84,8 +85,8 @@ def test_two_replicas_count_one_session_together(prefix: str) -> None:
         b.close()
 
 
-def test_window_slides_on_the_servers_clock(prefix: str) -> None:
-    reg = RedisRegistry(REDIS_URL, prefix)
+def test_window_slides_on_the_servers_clock(registry_redis: PrivateRedis, prefix: str) -> None:
+    reg = _registry(registry_redis, prefix)
     try:
         w = Window(0.3, 10)
         assert [reg.open(_claims("s1"), w).calls for _ in range(3)] == [1, 2, 3]
@@ -110,10 +111,8 @@ class EchoTool:
         return {"ok": True}
 
 
-def _gateway(tmp_path: Path, prefix: str, anomaly: dict[str, Any]) -> Gateway:
-    cfg = unit_config(
-        tmp_path, registry={"redis_url": REDIS_URL, "prefix": prefix}, anomaly=anomaly
-    )
+def _gateway(tmp_path: Path, redis_: PrivateRedis, prefix: str, anomaly: dict[str, Any]) -> Gateway:
+    cfg = unit_config(tmp_path, anomaly=anomaly)
 
     def fake_openbao(request: httpx.Request) -> httpx.Response:
         if request.url.path == LOGIN_PATH:
@@ -121,7 +120,7 @@ def _gateway(tmp_path: Path, prefix: str, anomaly: dict[str, Any]) -> Gateway:
         return httpx.Response(403, json={"errors": ["permission denied"]})
 
     bao = mock_openbao(fake_openbao)
-    registry = RedisRegistry(REDIS_URL, prefix)
+    registry = _registry(redis_, prefix)
     return Gateway(cfg, bao=bao, registry=registry, tools={"echo": EchoTool()})  # type: ignore[dict-item]
 
 
@@ -133,10 +132,15 @@ def _gateway(tmp_path: Path, prefix: str, anomaly: dict[str, Any]) -> Gateway:
     ],
 )
 def test_an_agent_alternating_between_replicas_is_revoked_at_the_bound(
-    tmp_path: Path, prefix: str, rule: str, anomaly: dict[str, Any], args: dict[str, Any]
+    tmp_path: Path,
+    registry_redis: PrivateRedis,
+    prefix: str,
+    rule: str,
+    anomaly: dict[str, Any],
+    args: dict[str, Any],
 ) -> None:
     issuer = session_issuer.load_issuer(tmp_path)  # and the JWKS both gateways trust
-    one, two = _gateway(tmp_path, prefix, anomaly), _gateway(tmp_path, prefix, anomaly)
+    one, two = (_gateway(tmp_path, registry_redis, prefix, anomaly) for _ in range(2))
     try:
         jwt = session_issuer.issue(issuer, tenant="acme", agent="bot", role="analyst", ttl=600)
         bound = anomaly.get("rate_max", anomaly.get("denied_max"))

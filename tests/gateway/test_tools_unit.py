@@ -46,6 +46,7 @@ def _config(tmp_path: Path, tools: dict[str, Any]) -> GatewayConfig:
             "sessions": {"jwks_file": str(tmp_path / "jwks.json")},
             "identity": {"jwt_file": str(tmp_path / "jwt")},
             "exchange": {"key_file": str(tmp_path / "exchange.key")},
+            "registry": {"host": "127.0.0.1", "port": 6380, "ca_file": str(tmp_path / "ca.pem")},
             "tools": tools,
         }
     )

@@ -119,8 +119,16 @@ def config_file(settings: bridge.BridgeSettings, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def bridge_url(settings: bridge.BridgeSettings, token: HSMToken) -> Iterator[str]:
-    with bridge.running_in_thread(settings, token) as url:
+def bridge_metrics(settings: bridge.BridgeSettings, token: HSMToken) -> bridge.BridgeMetrics:
+    """The metrics of the bridge ``bridge_url`` serves, as ``hsm serve`` builds them."""
+    return bridge.BridgeMetrics(settings.allowed_uri_prefix, probe=token.current_version)
+
+
+@pytest.fixture
+def bridge_url(
+    settings: bridge.BridgeSettings, token: HSMToken, bridge_metrics: bridge.BridgeMetrics
+) -> Iterator[str]:
+    with bridge.running_in_thread(settings, token, metrics=bridge_metrics) as url:
         yield url
 
 

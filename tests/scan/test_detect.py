@@ -125,3 +125,26 @@ def test_der_classification() -> None:
     assert entropy.der_kind(der_key) == "private_key"
     assert entropy.der_kind(der_cert) == "certificate"
     assert entropy.der_kind(b"\x30" + bytes(64)) is None
+
+
+def test_c2sp_public_keys_and_signature_lines_are_public_but_private_keys_are_not() -> None:
+    """The audit witness's vkey in the shipper's config and its cosignature objects in the
+    store are public by design; the Go-format private key next to them is not."""
+    from clawql_secrets.audit.checkpoint import Checkpoint, Ed25519Signer
+    from clawql_secrets.audit.cosignature import WitnessSigner
+
+    witness = WitnessSigner.generate("clawql.local/witness")
+    log_key = Ed25519Signer.generate("clawql.local/audit")
+    config = f'{{"witnesses": [{{"url": "http://127.0.0.1:1", "key": "{witness.witness_key()}"}}],'
+    config += f'\n "verifier": "{log_key.verifier_key()}"}}\n'
+    assert kinds(config) == []
+    cp = Checkpoint("clawql.local/audit/n1", 3, bytes(32))
+    assert kinds(witness.cosign(cp.body(), 1_700_000_000).line()) == []
+    # Not public: the private key files, a vkey whose hash does not check out, and a
+    # 76-byte random blob dressed as a signature line's neighbour.
+    assert kinds(f"key: {witness.key_string()}\n") != []
+    assert kinds(log_key.key_string() + "\n") != []
+    forged = str(witness.witness_key()).replace("+", "+0", 1)[:-1]
+    assert kinds(f"token: {forged}\n") != []
+    blob = base64.b64encode(rand(57).encode()).decode()
+    assert kinds(f"session_secret: {blob}\n") != []

@@ -26,7 +26,7 @@ EXPECTED_BOOTSTRAP = {
     "hsm_pin": 1,
     "hsm_pin_verifier": 1,
     "node_tls_key": 6,
-    "ca_key": 3,  # openbao-ca, seal-client-ca, demo-target-ca
+    "ca_key": 4,  # openbao-ca, seal-client-ca, demo-target-ca, registry-ca (ADR 0011)
     "bridge_tls_key": 1,
     "issuer_key": 1,
     "session_issuer_key": 1,
