@@ -31,6 +31,7 @@ EXPECTED_BOOTSTRAP = {
     "issuer_key": 1,
     "session_issuer_key": 1,
     "gateway_exchange_key": 1,
+    "witness_key": 1,  # the audit witness's own key (ADR 0014)
     "holder_identity": 5,
 }
 
