@@ -2,8 +2,14 @@
 
 The data goes to a fresh temporary file in the target's directory, created
 with ``O_EXCL|O_NOFOLLOW`` (``mkstemp``) and the final mode from the start,
-written in full and fsynced; it is then renamed over the target and the
-directory is fsynced, so the rename itself survives a power loss.
+written in full and fsynced. It is then renamed over the target, or, with
+``replace=False``, hard-linked to it, which fails if the target exists, even
+one created meanwhile. Last, the directory is fsynced, so the new name itself
+survives a power loss. A crash leaves at most a ``.<name>.*.tmp`` file,
+which ``is_leftover`` recognises.
+
+Errors are ``OSError`` (``FileExistsError`` when not replacing): each caller
+translates them into its own error, naming what it was writing.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from clawql_secrets.errors import ConfigError
+TMP_SUFFIX = ".tmp"
 
 
 def fsync_dir(directory: Path) -> None:
@@ -24,12 +30,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically; ``ConfigError`` naming the file on failure."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
+def is_leftover(name: str) -> bool:
+    """True for a temporary file ``write_atomic`` left behind in a crash."""
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, replace: bool = True) -> None:
+    """Put ``data`` at ``path`` atomically (see the module docstring); raises ``OSError``."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         try:
             os.fchmod(fd, mode)
@@ -39,9 +47,11 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(name, path)
+        if replace:
+            os.replace(name, path)
+        else:
+            os.link(name, path)
         fsync_dir(path.parent)
-    except OSError as exc:
+    finally:
         with contextlib.suppress(OSError):
             os.unlink(name)
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc

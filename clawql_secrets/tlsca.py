@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from clawql_secrets.atomicfile import write_atomic
 from clawql_secrets.errors import ConfigError
 
 _KEY_MODE = 0o600
@@ -73,15 +74,8 @@ def _private_dir(directory: Path) -> None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, readable by the owner only."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _KEY_MODE)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically, readable by the owner only (``atomicfile``)."""
+    write_atomic(path, data, mode=_KEY_MODE)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

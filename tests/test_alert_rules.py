@@ -429,3 +429,31 @@ def test_a_witness_refusing_pages_and_a_witness_behind_warns(tmp_path: Path) -> 
                       runbook: docs/operations.md#4-the-audit-shipper
         """,
     )
+
+
+@needs_promtool
+def test_a_frozen_shipper_pages_through_its_failed_scrapes(tmp_path: Path) -> None:
+    """Red team: `kill -STOP` on the shipper left only ClawQLAuditShipperDown pending for
+    5 minutes (its stalled gauge cannot be scraped). Its failed scrapes page within 2 min."""
+    _promtool_test(
+        tmp_path,
+        """\
+        evaluation_interval: 15s
+        tests:
+          - interval: 15s
+            input_series:
+              - series: up{job="clawql-audit",instance="127.0.0.1:18260"}
+                values: 1 1 0 0 0 0 0 0 0 0 0
+            alert_rule_test:
+              - eval_time: 45s
+                alertname: ClawQLAuditShipperUnreachable
+                exp_alerts: []
+              - eval_time: 105s
+                alertname: ClawQLAuditShipperUnreachable
+                exp_alerts:
+                  - exp_labels: {severity: page, instance: "127.0.0.1:18260"}
+                    exp_annotations:
+                      summary: the audit shipper at 127.0.0.1:18260 does not answer scrapes
+                      runbook: docs/operations.md#10-monitoring-and-alerts
+        """,
+    )

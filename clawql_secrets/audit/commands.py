@@ -8,18 +8,16 @@ log holds none and the checks print names and indexes, not entry contents.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
-import os
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clawql_secrets.atomicfile import write_atomic
 from clawql_secrets.audit import layout, verify
 from clawql_secrets.audit.checkpoint import Checkpoint, VerifierKey
 from clawql_secrets.audit.errors import SignatureError
@@ -68,6 +66,15 @@ def register(sub: Any) -> None:
         type=int,
         metavar="K",
         help="how many of the --witness-key witnesses must have cosigned (default: all)",
+    )
+    p.add_argument(
+        "--witness-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="ask this witness (the one of the --witness-key at the same position) for every "
+        "tree head it cosigned: the store must hold each of them (a truncated tail or a "
+        "deleted stream shows); repeatable",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_verify)
@@ -216,6 +223,7 @@ def _verify(args: argparse.Namespace) -> int:
     known: list[Checkpoint] = []
     for path in args.known:
         known.append(verifier.open_any(_read(path)))
+    known.extend(_witness_heads(args))
     if args.prometheus:
         from clawql_secrets.audit.query import prometheus_heads
 
@@ -249,6 +257,22 @@ def _verify(args: argparse.Namespace) -> int:
                 )
         print("verified" if result.ok else "NOT verified")
     return 0 if result.ok else 1
+
+
+def _witness_heads(args: argparse.Namespace) -> list[Checkpoint]:
+    """The tree heads the --witness-url witnesses hold, each checked against its key."""
+    from clawql_secrets.audit.cosignature import WitnessKey
+    from clawql_secrets.witness.client import WitnessClient
+
+    if len(args.witness_url) > len(args.witness_key):
+        raise ConfigError("each --witness-url needs the --witness-key at the same position")
+    heads: list[Checkpoint] = []
+    for url, key in zip(args.witness_url, args.witness_key, strict=False):
+        with WitnessClient(url, WitnessKey.parse(key)) as client:
+            got = client.checkpoints()
+        print(f"checking {len(got)} tree heads held by witness {url}", file=sys.stderr)
+        heads.extend(got)
+    return heads
 
 
 def _witness_policy(args: argparse.Namespace) -> WitnessPolicy | None:
@@ -297,42 +321,14 @@ def _bundle_of(proof: verify.InclusionProof, verifier: KeySet | None, origin_pre
 
 
 def _write_new(path: Path, data: bytes, *, force: bool) -> None:
-    """Write ``path`` atomically (a crash leaves no half file); never replace one unless forced.
-
-    The data goes to a temporary file beside it, fsync'd, then ``link(2)``ed
-    into place, which fails on an existing file, even one created meanwhile
-    (``rename(2)`` with ``force``); the directory is fsync'd after.
-    """
+    """Write ``path`` atomically (a crash leaves no half file); never replace one unless forced
+    (``atomicfile``: link(2) fails on an existing file, even one created meanwhile)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        write_atomic(path, data, mode=0o644, replace=force)
+    except FileExistsError as exc:
+        raise InputError(f"{path} exists: not overwriting it (use --force)") from exc
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror}") from exc
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError as exc:
-                raise InputError(f"{path} exists: not overwriting it (use --force)") from exc
-        dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:

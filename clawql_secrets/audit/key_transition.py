@@ -48,8 +48,11 @@ def load_keyset(path: Path) -> KeySet:
 
 def save_keyset(keys: KeySet, path: Path) -> None:
     """Write the key set atomically; it is public (0644), the auditor's trust anchor."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, str(keys).encode(), mode=0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, str(keys).encode(), mode=0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot write verifier key file {path}: {exc.strerror}") from exc
 
 
 def signed_sizes(

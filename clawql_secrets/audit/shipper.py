@@ -57,6 +57,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clawql_secrets.atomicfile import write_atomic
 from clawql_secrets.audit import layout
 from clawql_secrets.audit.checkpoint import Checkpoint, Signer
 from clawql_secrets.audit.keyset import KeySet
@@ -513,15 +514,8 @@ def _read_published(source: StreamSource) -> int | None:
 
 def _write_published(source: StreamSource, size: int) -> None:
     path = source.published_file
-    tmp = path.with_name(path.name + ".tmp")
     data = json.dumps({"v": 1, "stream": source.name, "size": size}).encode()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomic(path, data, mode=0o600)
     except OSError as exc:
         raise BackendError(f"cannot record the published size in {path}") from exc

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clawql_secrets.atomicfile import write_atomic
 from clawql_secrets.audit.tail import Cursor
 from clawql_secrets.errors import BackendError, InputError
 
@@ -232,16 +233,9 @@ class StreamStatus:
 
 def write_status(path: Path, status: StreamStatus) -> None:
     """Replace the document atomically (0600: it names files, never a secret, but is ours)."""
-    tmp = path.with_name(path.name + ".tmp")
     data = json.dumps(status.to_json(), sort_keys=True).encode() + b"\n"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomic(path, data, mode=0o600)
     except OSError as exc:
         raise BackendError(f"cannot write the stream status {path}") from exc
 

@@ -258,7 +258,7 @@ def _print_status(st: dict[str, Any]) -> None:
             f"cosigned/checkpoint size: {', '.join(behind)}; key {w.get('key')}"
         )
     if a.get("verifier_key_file"):
-        witness = f" --witness-key {w['key']}" if w.get("key") else ""
+        witness = f" --witness-key {w['key']} --witness-url {w['url']}" if w.get("key") else ""
         console.print(
             f"  verify: clawql-secrets audit verify --store {a.get('store')} "
             f"--pubkey-file {a['verifier_key_file']}{witness}"

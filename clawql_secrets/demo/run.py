@@ -282,7 +282,8 @@ def _verify_step(demo: Demo) -> None:
     store, pubkey, url = s.audit_dir / "store", s.audit_dir / "verifier.txt", s.prometheus_addr
     witness = str(witness_localstack.witness_key(s))
     argv = ["audit", "verify", "--store", str(store), "--pubkey-file", str(pubkey)]
-    argv += ["--prometheus", url, "--witness-key", witness, "--json"]
+    argv += ["--prometheus", url, "--witness-key", witness, "--witness-url", s.witness_addr]
+    argv += ["--json"]
     name = (
         "audit verify --prometheus --witness-key: every stream recomputed, every checkpoint "
         "signed and consistent, every tree head Prometheus recorded fits the log, and the "

@@ -19,14 +19,15 @@ No httpx exception escapes. Response bodies are read up to a bound.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from types import TracebackType
 
 import httpx
 
-from clawql_secrets.audit.checkpoint import NoteSignature, SignedNote
-from clawql_secrets.audit.cosignature import WitnessKey
+from clawql_secrets.audit.checkpoint import Checkpoint, NoteSignature, SignedNote
+from clawql_secrets.audit.cosignature import WitnessKey, cosignature_timestamp
 from clawql_secrets.audit.errors import SignatureError
 from clawql_secrets.errors import BackendError, ConfigError, InputError
 from clawql_secrets.witness.state import (
@@ -112,9 +113,36 @@ class WitnessClient:
             )
         raise BackendError(f"witness {self.key.name!r} answered {status}: {reason}")
 
-    def _post(self, body: bytes) -> tuple[int, str, bytes]:
+    def checkpoints(self) -> list[Checkpoint]:
+        """The tree heads this witness holds, each cosigned by it now (``GET /checkpoints``,
+        our extension of tlog-witness): what a verifier holds the log's store to."""
+        status, _, answer = self._request(
+            "GET", self.url.removesuffix("add-checkpoint") + "checkpoints"
+        )
+        if status != 200:
+            raise BackendError(f"witness {self.key.name!r} answered {status}: {_printable(answer)}")
         try:
-            with self._http.stream("POST", self.url, content=body) as response:
+            notes = json.loads(answer)["checkpoints"]
+            if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+                raise ValueError("not a list of notes")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"witness {self.key.name!r} sent no checkpoint list") from exc
+        heads = []
+        for text in notes:
+            note = SignedNote.parse(text.encode())
+            if cosignature_timestamp(note, self.key) is None:
+                raise SignatureError(
+                    f"a tree head from witness {self.key.name!r} is not cosigned by it"
+                )
+            heads.append(Checkpoint.parse(note.text))
+        return heads
+
+    def _post(self, body: bytes) -> tuple[int, str, bytes]:
+        return self._request("POST", self.url, body)
+
+    def _request(self, method: str, url: str, body: bytes | None = None) -> tuple[int, str, bytes]:
+        try:
+            with self._http.stream(method, url, content=body) as response:
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in response.iter_bytes():

@@ -79,7 +79,9 @@ class WitnessLogConfig(_Strict):
             if self.verifier_keys_file is not None:
                 from clawql_secrets.audit.key_transition import load_keyset
 
-                keys = tuple(e.key for e in load_keyset(self.verifier_keys_file))
+                # Only the newest key: a retired key signs nothing past its takeover
+                # (ADR 0012), and the witness only ever moves forward.
+                keys: tuple[VerifierKey, ...] = (load_keyset(self.verifier_keys_file).newest,)
             else:
                 keys = tuple(VerifierKey.parse(k) for k in self.verifier_keys)
             return LogPolicy(self.origin, keys)

@@ -18,6 +18,7 @@ from clawql_secrets.audit import layout
 from clawql_secrets.audit.cosignature import WitnessKey, WitnessSigner
 from clawql_secrets.audit.ship_config import WitnessEndpoint
 from clawql_secrets.cluster.layout import NODE_IDS, StackSettings
+from clawql_secrets.errors import ConfigError
 from clawql_secrets.witness.config import WitnessConfig, WitnessLogConfig, write_witness_config
 
 WITNESS_NAME = "clawql.local/witness"
@@ -42,7 +43,11 @@ def prepare(settings: StackSettings, verifier_file: Path) -> WitnessEndpoint:
     s.witness_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = key_file(s)
     if not path.exists():
-        write_atomic(path, WitnessSigner.generate(WITNESS_NAME).key_string().encode(), mode=0o600)
+        key = WitnessSigner.generate(WITNESS_NAME).key_string().encode()
+        try:
+            write_atomic(path, key, mode=0o600, replace=False)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the witness key {path}: {exc.strerror}") from exc
     config = WitnessConfig(
         name=WITNESS_NAME,
         key_file=path,

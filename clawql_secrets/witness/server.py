@@ -34,9 +34,10 @@ import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from clawql_secrets.audit.checkpoint import Checkpoint
 from clawql_secrets.audit.cosignature import WitnessKey, WitnessSigner
 from clawql_secrets.errors import BackendError, ConfigError
 from clawql_secrets.witness.config import WitnessConfig
@@ -100,6 +101,15 @@ class Witness:
     @property
     def key(self) -> WitnessKey:
         return self.signer.witness_key()
+
+    def cosigned_heads(self) -> list[bytes]:
+        """Every tree head this witness holds, as a note it cosigns now (see ``build_app``)."""
+        notes = []
+        stamp = int(self.clock())
+        for origin, state in sorted(self.store.states().items()):
+            body = Checkpoint(origin, state.size, state.root).body()
+            notes.append(body + b"\n" + self.signer.cosign(body, stamp).line().encode())
+        return notes
 
     def add_checkpoint(self, body: bytes) -> Cosigned:
         """Cosign the request's checkpoint and persist the new state, or raise a refusal."""
@@ -168,7 +178,20 @@ def build_app(
             headers={"content-type": "text/plain; charset=utf-8"},
         )
 
-    app = Starlette(routes=[Route("/add-checkpoint", add_checkpoint, methods=["POST"])])
+    async def checkpoints(request: Request) -> Response:
+        # Not in tlog-witness: what the witness holds, so that a verifier can hold the
+        # log's store to it (a truncated tail or a deleted stream shows; ADR 0014).
+        notes = await run_in_threadpool(witness.cosigned_heads)
+        return JSONResponse(
+            {"checkpoints": [n.decode() for n in notes]}, headers={"cache-control": "no-store"}
+        )
+
+    app = Starlette(
+        routes=[
+            Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
+            Route("/checkpoints", checkpoints, methods=["GET"]),
+        ]
+    )
     app.router.redirect_slashes = False  # the path is exactly <prefix>/add-checkpoint
     return app
 

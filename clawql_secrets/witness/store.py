@@ -30,20 +30,18 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+from clawql_secrets.atomicfile import is_leftover, write_atomic
 from clawql_secrets.errors import BackendError, ConfigError, InputError
 from clawql_secrets.witness.state import LogState
 
 STATE_FORMAT = "clawql-witness-state/1"
 _LOCK_FILE = ".lock"
-_TMP_PREFIX = ".state-"
-_TMP_SUFFIX = ".tmp"
 _STATE_FILE = re.compile(r"[0-9a-f]{64}\.json")
 _MAX_STATE_BYTES = 64 * 1024
 _FIELDS = {"format", "origin", "size", "root"}
@@ -138,7 +136,7 @@ class StateStore:
             raise ConfigError(f"cannot list the witness state directory {directory}") from exc
         for name in names:
             path = directory / name
-            if name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX):
+            if is_leftover(name):
                 # A write cut short by a crash: the state file it was meant to
                 # replace is intact, and this was never acknowledged.
                 with contextlib.suppress(FileNotFoundError):
@@ -185,24 +183,9 @@ class StateStore:
 
     def _write(self, state: LogState) -> None:
         final = self.directory / state_file_name(state.origin)
-        tmp = self.directory / f"{_TMP_PREFIX}{secrets.token_hex(8)}{_TMP_SUFFIX}"
-        data = encode_state(state)
         try:
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            _fsync_dir(self.directory)
+            write_atomic(final, encode_state(state), mode=0o600)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise BackendError(
                 f"cannot persist the witness state in {self.directory} ({exc.strerror})",
                 fix="check the disk (space, permissions); the request can be retried",
@@ -248,11 +231,3 @@ def _corrupt(path: Path, detail: str) -> ConfigError:
         fix="restore it from a backup; do not delete it: without it the witness would "
         "accept any history of that log as new (trust on first use)",
     )
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,11 +13,18 @@ from pathlib import Path
 import pytest
 
 from clawql_secrets.audit import layout, verify
-from clawql_secrets.audit.checkpoint import Checkpoint, Ed25519Signer, NoteSignature, SignedNote
+from clawql_secrets.audit.checkpoint import (
+    Checkpoint,
+    Ed25519Signer,
+    NoteSignature,
+    SignedNote,
+    sign_checkpoint,
+)
 from clawql_secrets.audit.cosignature import WitnessKey, WitnessSigner, check_witnesses
 from clawql_secrets.audit.errors import TamperError
 from clawql_secrets.audit.log import AuditLog
 from clawql_secrets.audit.store import LocalWormStore, MemoryWormStore, WormStore
+from clawql_secrets.audit.tree import MerkleTree
 from clawql_secrets.audit.witnessing import (
     WitnessPolicy,
     WitnessSubmitter,
@@ -259,6 +266,16 @@ def test_a_witness_reading_the_logs_key_file_follows_a_key_transition_not_a_fork
     keys = adopt(store, new_key.verifier_key(), key_file)
     publish(AuditLog(store, new_key, keys=keys), sub, 6, 5, streams=("n1",))
     assert sub.stats["witness.test/local"].cosigned == {"n1": 11}
+    # Red team: a retired key extending the log past its takeover is refused (403).
+    state = verify.replay_stream(store, "n1", keys)
+    stale = MerkleTree.from_leaf_hashes(b"".join(state.tree.leaf(i) for i in range(11)))
+    stale.append(b"\x07" * 32)
+    cp = Checkpoint(layout.origin(PREFIX, "n1"), 12, stale.root())
+    request = AddCheckpointRequest.build(
+        11, stale.consistency_proof(11, 12), sign_checkpoint(cp, [log_key])
+    )
+    with pytest.raises(UntrustedCheckpoint):
+        witness.add_checkpoint(request.to_bytes())
     verify.verify(store, keys, witnesses=WitnessPolicy((signer.witness_key(),), 1))
     # but the new key re-writing the old history is refused (same size, other tree)
     forged = MemoryWormStore()

@@ -77,6 +77,7 @@ def test_demo_promise_holds_at_every_step(
     assert "--prometheus http://" in verified["command"]
     # and the stack's witness (its own process and key) cosigned every stream's newest head
     assert "--witness-key clawql.local/witness+" in verified["command"]
+    assert "--witness-url http://" in verified["command"]
     assert all(st["cosigned_by"] for st in verified["streams"]), verified["streams"]
     # The HTTP part: every step present, in order, and OK.
     san = "spiffe://clawql/tenants/acme/agents/bot-i"

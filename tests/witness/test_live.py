@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import selectors
+import shutil
 import socket
 import subprocess
 import threading
@@ -29,7 +30,8 @@ from clawql_secrets.audit.cosignature import (
     check_witnesses,
 )
 from clawql_secrets.audit.log import AuditLog, latest_note
-from clawql_secrets.audit.store import MemoryWormStore
+from clawql_secrets.audit.store import LocalWormStore, MemoryWormStore
+from clawql_secrets.audit.witnessing import WitnessSubmitter
 from clawql_secrets.cli import main
 from clawql_secrets.errors import BackendError, InputError, IntegrityError
 from clawql_secrets.witness.client import InconsistentCheckpoint, WitnessClient, WitnessConflict
@@ -228,3 +230,49 @@ def test_kill_9_keeps_the_last_acknowledged_state(
         assert leftovers == []
     finally:
         second.stop()
+
+
+def test_verify_holds_the_store_to_what_the_witness_cosigned(
+    served: Served, setup: tuple[Path, WitnessKey], log_signer: Ed25519Signer, tmp_path: Path
+) -> None:
+    """Red team (issue 14): a tail cut back to an earlier *cosigned* checkpoint, or a whole
+    stream deleted, passed `verify --witness-key`: the stored cosignatures that remain all
+    hold. `--witness-url` asks the witness for every head it cosigned; the store must still
+    hold each one."""
+    key = setup[1]
+    store = LocalWormStore(tmp_path / "store")
+    audit = AuditLog(store, log_signer)
+    with WitnessClient(served.url, key, timeout=5) as client:
+        sub = WitnessSubmitter([client], store)
+        for lo, hi in ((0, 10), (10, 25)):
+            for i in range(lo, hi):
+                audit.append("n1", entry(i))
+            cp = audit.checkpoint("n1")
+            assert cp is not None
+            note = latest_note(store, "n1")
+            assert note is not None
+            assert sub.submit("n1", audit.stream("n1").tree, cp, note) == 1
+        assert [c.size for c in client.checkpoints()] == [25]
+    pub = tmp_path / "verifier.txt"
+    pub.write_text(str(log_signer.verifier_key()) + "\n")
+    base = ["audit", "verify", "--store", str(tmp_path / "store"), "--pubkey-file", str(pub)]
+    witness = ["--witness-key", str(key), "--witness-url", served.url]
+    assert main([*base, *witness]) == 0
+    # The log's operator cuts the tail back to the cosigned size 10, cosignatures included.
+    root = tmp_path / "store"
+    (root / "checkpoints/n1/00000000000000000025.txt").unlink()
+    (root / "segments/n1/00000000000000000010-00000000000000000024.jsonl").unlink()
+    shutil.rmtree(root / "cosignatures/n1/00000000000000000025")
+    assert main([*base, "--witness-key", str(key)]) == 0  # what the red team saw
+    assert main([*base, *witness]) == 1  # held to the witness: NOT verified
+    # and a stream deleted whole is missed by the store alone, not by the witness
+    for sub_dir in ("checkpoints", "segments", "cosignatures"):
+        shutil.rmtree(root / sub_dir / "n1")
+    (root / "segments/n2").mkdir(parents=True)
+    other = AuditLog(store, log_signer)
+    other.append("n2", entry(0))
+    other.checkpoint("n2")
+    with WitnessClient(served.url, key) as client:
+        held = client.checkpoints()
+    with pytest.raises(IntegrityError, match="missing from the store"):
+        verify.verify(store, log_signer.verifier_key(), known=held)
