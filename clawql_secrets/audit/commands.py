@@ -92,6 +92,20 @@ def register(sub: Any) -> None:
         "see audit/bundle.py) to FILE instead of printing JSON",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing --bundle FILE")
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a trusted witness's C2SP tlog-cosignature key: the proof's checkpoint must be "
+        "cosigned by --witness-threshold of them (reported); repeatable",
+    )
+    p.add_argument(
+        "--witness-threshold",
+        type=int,
+        metavar="K",
+        help="how many of the --witness-key witnesses must have cosigned (default: all)",
+    )
     p.set_defaults(func=_prove)
 
     p = asub.add_parser(
@@ -300,6 +314,13 @@ def _prove(args: argparse.Namespace) -> int:
         verifier,
         origin_prefix=args.origin_prefix,
     )
+    policy = _witness_policy(args)
+    if policy is not None:
+        from clawql_secrets.audit.cosignature import check_witnesses
+
+        # The checkpoint the proof leads to, with the cosignatures stored for it.
+        cosigned = check_witnesses(proof.checkpoint, policy.keys, policy.threshold)
+        print(f"cosigned by {', '.join(sorted(cosigned))}", file=sys.stderr)
     if args.bundle is None:
         print(json.dumps(proof.to_json(), indent=2))
         return 0

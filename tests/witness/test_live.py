@@ -258,6 +258,12 @@ def test_verify_holds_the_store_to_what_the_witness_cosigned(
     base = ["audit", "verify", "--store", str(tmp_path / "store"), "--pubkey-file", str(pub)]
     witness = ["--witness-key", str(key), "--witness-url", served.url]
     assert main([*base, *witness]) == 0
+    # `prove` holds its proof to a witness policy too, and names who cosigned.
+    prove = ["audit", "prove", "--store", str(tmp_path / "store"), "--pubkey-file", str(pub)]
+    prove += ["--stream", "n1", "--index", "3", "--witness-key", str(key)]
+    assert main(prove) == 0
+    stranger = WitnessSigner.generate("witness.test/other").witness_key()
+    assert main([*prove, "--witness-key", str(stranger), "--witness-threshold", "2"]) != 0
     # The log's operator cuts the tail back to the cosigned size 10, cosignatures included.
     root = tmp_path / "store"
     (root / "checkpoints/n1/00000000000000000025.txt").unlink()
