@@ -35,8 +35,6 @@ tlog-cosignature/v1, checked by ``audit.cosignature``. Pure: no I/O.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import re
@@ -50,6 +48,8 @@ from clawql_secrets.audit.checkpoint import (
     Checkpoint,
     SignedNote,
     VerifierKey,
+    b64,
+    unb64,
 )
 from clawql_secrets.audit.cosignature import WitnessKey, check_witnesses
 from clawql_secrets.audit.errors import ProofError, SignatureError
@@ -100,9 +100,9 @@ class Bundle:
     def to_bytes(self) -> bytes:
         lines = [
             HEADER,
-            f"extra {_b64(self.entry)}",
+            f"extra {b64(self.entry)}",
             f"index {self.index}",
-            *(_b64(h) for h in self.path),
+            *(b64(h) for h in self.path),
         ]
         return "".join(f"{line}\n" for line in lines).encode("ascii") + b"\n" + self.checkpoint
 
@@ -175,7 +175,7 @@ class BundleReport:
         """Human-readable lines; the last is the verdict."""
         if not self.ok:
             return [f"FAIL: {self.problem or 'nothing was checked'}", "NOT verified"]
-        root = _b64(self.root) if self.root is not None else "?"
+        root = b64(self.root) if self.root is not None else "?"
         out = [
             f"entry {self.index} of stream {self.stream!r} is in the log at tree size "
             f"{self.tree_size} (root {root})",
@@ -365,16 +365,9 @@ def _utc(timestamp: int) -> str:
         return "(out of range)"
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _unb64(text: str, what: str) -> bytes:
-    """Strict standard base64: padded, no stray characters, canonical trailing bits."""
-    try:
-        data = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise InputError(f"{what} is not valid base64") from exc
-    if not data or _b64(data) != text:
-        raise InputError(f"{what} is not canonical base64" if data else f"{what} is empty")
+    """Strict canonical base64 (``checkpoint.unb64``) of something that is never empty."""
+    data = unb64(text, what)
+    if not data:
+        raise InputError(f"{what} is empty")
     return data

@@ -66,17 +66,17 @@ def key_hash(name: str, public_key: bytes) -> bytes:
     return hashlib.sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public_key).digest()[:4]
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: str, what: str) -> bytes:
+def unb64(text: str, what: str) -> bytes:
     """Strict standard base64: padded, no stray characters, canonical trailing bits."""
     try:
         data = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
         raise InputError(f"{what} is not valid base64") from exc
-    if _b64(data) != text:
+    if b64(data) != text:
         raise InputError(f"{what} is not canonical base64")
     return data
 
@@ -117,7 +117,7 @@ class Checkpoint:
             raise InputError("checkpoint root must be a 32-byte SHA-256 hash")
 
     def body(self) -> bytes:
-        lines = [self.origin, str(self.size), _b64(self.root), *self.extensions]
+        lines = [self.origin, str(self.size), b64(self.root), *self.extensions]
         return "".join(f"{line}\n" for line in lines).encode()
 
     @classmethod
@@ -135,7 +135,7 @@ class Checkpoint:
         origin, size, root, *extensions = lines
         if not _SIZE.fullmatch(size):
             raise InputError(f"checkpoint tree size {size!r} is not a canonical decimal")
-        return cls(origin, int(size), _unb64(root, "checkpoint root"), tuple(extensions))
+        return cls(origin, int(size), unb64(root, "checkpoint root"), tuple(extensions))
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class NoteSignature:
     signature: bytes
 
     def line(self) -> str:
-        return f"{_SIG_PREFIX}{self.key_name} {_b64(self.key_hash + self.signature)}\n"
+        return f"{_SIG_PREFIX}{self.key_name} {b64(self.key_hash + self.signature)}\n"
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class SignedNote:
             if not line.startswith(_SIG_PREFIX) or len(fields) != 2:
                 raise InputError(f"signature line {number} is not '— <name> <base64>'")
             _check_key_name(fields[0])
-            blob = _unb64(fields[1], f"signature line {number}")
+            blob = unb64(fields[1], f"signature line {number}")
             if len(blob) < 5:
                 raise InputError(f"signature line {number} is too short")
             signatures.append(NoteSignature(fields[0], blob[:4], blob[4:]))
@@ -212,7 +212,7 @@ class VerifierKey:
         parts = text.strip().split("+", 2)
         if len(parts) != 3 or not _HEX8.fullmatch(parts[1]):
             raise InputError("verifier key must read <name>+<8 hex digits>+<base64 key>")
-        key = _unb64(parts[2], "verifier key")
+        key = unb64(parts[2], "verifier key")
         if len(key) != 33 or key[0] != ALG_ED25519:
             raise InputError("verifier key is not an Ed25519 (type 0x01) key")
         verifier = cls.from_public_key(parts[0], key[1:])
@@ -221,7 +221,7 @@ class VerifierKey:
         return verifier
 
     def __str__(self) -> str:
-        return f"{self.name}+{self.key_hash.hex()}+{_b64(bytes([ALG_ED25519]) + self.public_key)}"
+        return f"{self.name}+{self.key_hash.hex()}+{b64(bytes([ALG_ED25519]) + self.public_key)}"
 
     def open(self, data: bytes) -> bytes:
         """Return the text of a note this key signed, or raise.
@@ -242,6 +242,35 @@ class VerifierKey:
         except (InvalidSignature, ValueError) as exc:
             raise SignatureError(f"signature by key {self.name!r} does not verify") from exc
         return note.text
+
+
+def parse_private_key_string(text: str, what: str) -> tuple[str, Ed25519PrivateKey]:
+    """Name and key of a Go ``note`` private key string,
+    ``PRIVATE+KEY+<name>+<hex hash>+<base64(0x01 || seed)>`` (log and witness keys alike).
+
+    Errors describe the format as ``what``, never the key material.
+    """
+    parts = text.strip().split("+", 4)
+    if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"] or not _HEX8.fullmatch(parts[3]):
+        raise InputError(f"{what} must read PRIVATE+KEY+<name>+<hash>+<base64 key>")
+    try:
+        seed = base64.b64decode(parts[4].encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise InputError(f"{what} material is not valid base64") from exc
+    if len(seed) != 33 or seed[0] != ALG_ED25519:
+        raise InputError(f"{what} is not an Ed25519 (type 0x01) key")
+    key = Ed25519PrivateKey.from_private_bytes(seed[1:])
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    if key_hash(parts[2], public).hex() != parts[3]:
+        raise InputError(f"{what} hash does not match its name and key")
+    return parts[2], key
+
+
+def private_key_string(name: str, key: Ed25519PrivateKey) -> str:
+    """The Go ``note`` form of ``key``. Secret: write it only to a 0600 file."""
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    seed = bytes([ALG_ED25519]) + key.private_bytes_raw()
+    return f"PRIVATE+KEY+{name}+{key_hash(name, public).hex()}+{b64(seed)}"
 
 
 class Ed25519Signer:
@@ -267,19 +296,7 @@ class Ed25519Signer:
 
     @classmethod
     def from_key_string(cls, text: str) -> Ed25519Signer:
-        parts = text.strip().split("+", 4)
-        if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"] or not _HEX8.fullmatch(parts[3]):
-            raise InputError("signer key must read PRIVATE+KEY+<name>+<hash>+<base64 key>")
-        try:
-            seed = base64.b64decode(parts[4].encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError) as exc:
-            raise InputError("signer key material is not valid base64") from exc
-        if len(seed) != 33 or seed[0] != ALG_ED25519:
-            raise InputError("signer key is not an Ed25519 (type 0x01) key")
-        signer = cls(parts[2], Ed25519PrivateKey.from_private_bytes(seed[1:]))
-        if key_hash(parts[2], signer.public_key_bytes()).hex() != parts[3]:
-            raise InputError("signer key hash does not match its name and key")
-        return signer
+        return cls(*parse_private_key_string(text, "signer key"))
 
     @classmethod
     def from_file(cls, path: Path) -> Ed25519Signer:
@@ -294,9 +311,7 @@ class Ed25519Signer:
 
     def key_string(self) -> str:
         """The private key in Go ``note`` form. Secret: write it only to a 0600 file."""
-        seed = self._key.private_bytes_raw()
-        name, khash = self._name, key_hash(self._name, self.public_key_bytes()).hex()
-        return f"PRIVATE+KEY+{name}+{khash}+{_b64(bytes([ALG_ED25519]) + seed)}"
+        return private_key_string(self._name, self._key)
 
     def public_key_bytes(self) -> bytes:
         return self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

@@ -28,8 +28,6 @@ the witness's private key.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import os
 import re
@@ -52,7 +50,10 @@ from clawql_secrets.audit.checkpoint import (
     Checkpoint,
     NoteSignature,
     SignedNote,
-    key_hash,
+    b64,
+    parse_private_key_string,
+    private_key_string,
+    unb64,
 )
 from clawql_secrets.audit.errors import SignatureError
 from clawql_secrets.errors import ConfigError, InputError
@@ -96,21 +97,6 @@ def check_key_name(name: str) -> None:
         raise InputError(f"{name!r} is not a valid key name (non-empty, no spaces, no '+')")
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str, what: str) -> bytes:
-    """Strict standard base64: padded, no stray characters, canonical trailing bits."""
-    try:
-        data = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise InputError(f"{what} is not valid base64") from exc
-    if _b64(data) != text:
-        raise InputError(f"{what} is not canonical base64")
-    return data
-
-
 @dataclass(frozen=True)
 class WitnessKey:
     """A witness's public key, as verifiers are configured with it.
@@ -137,7 +123,7 @@ class WitnessKey:
         parts = text.strip().split("+", 2)
         if len(parts) != 3 or not _HEX8.fullmatch(parts[1]):
             raise InputError("witness key must read <name>+<8 hex digits>+<base64 key>")
-        material = _unb64(parts[2], "witness key")
+        material = unb64(parts[2], "witness key")
         if len(material) == 33 and material[0] == ALG_ED25519:
             raise InputError(
                 "this is a note signing key (type 0x01), not a witness cosignature key (type 0x04)",
@@ -152,7 +138,7 @@ class WitnessKey:
 
     def __str__(self) -> str:
         material = bytes([ALG_COSIGNATURE_V1]) + self.public_key
-        return f"{self.name}+{self.key_hash.hex()}+{_b64(material)}"
+        return f"{self.name}+{self.key_hash.hex()}+{b64(material)}"
 
     def matches(self, signature: NoteSignature) -> bool:
         """True if the line claims to be by this key (name and key hash, as signed-note says)."""
@@ -212,19 +198,7 @@ class WitnessSigner:
     @classmethod
     def from_key_string(cls, text: str) -> WitnessSigner:
         """Parse the key string; errors describe the format, never the key material."""
-        parts = text.strip().split("+", 4)
-        if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"] or not _HEX8.fullmatch(parts[3]):
-            raise InputError("witness key must read PRIVATE+KEY+<name>+<hash>+<base64 key>")
-        try:
-            seed = base64.b64decode(parts[4].encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError) as exc:
-            raise InputError("witness key material is not valid base64") from exc
-        if len(seed) != 33 or seed[0] != ALG_ED25519:
-            raise InputError("witness key is not an Ed25519 (type 0x01) private key")
-        signer = cls(parts[2], Ed25519PrivateKey.from_private_bytes(seed[1:]))
-        if key_hash(parts[2], signer.public_key_bytes()).hex() != parts[3]:
-            raise InputError("witness key hash does not match its name and key")
-        return signer
+        return cls(*parse_private_key_string(text, "witness key"))
 
     @classmethod
     def from_file(cls, path: Path) -> WitnessSigner:
@@ -269,9 +243,7 @@ class WitnessSigner:
 
     def key_string(self) -> str:
         """The private key in Go ``note`` form. Secret: write it only to a 0600 file."""
-        seed = self._key.private_bytes_raw()
-        khash = key_hash(self._name, self.public_key_bytes()).hex()
-        return f"PRIVATE+KEY+{self._name}+{khash}+{_b64(bytes([ALG_ED25519]) + seed)}"
+        return private_key_string(self._name, self._key)
 
     def public_key_bytes(self) -> bytes:
         return self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
