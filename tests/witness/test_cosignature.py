@@ -124,7 +124,11 @@ def _vkey_parts(w: WitnessSigner) -> tuple[str, str, str]:
     "mutate",
     [
         pytest.param(lambda n, h, m: f"{n}+{h}", id="two-parts"),
-        pytest.param(lambda n, h, m: f"{n}+{h.upper()}+{m}", id="upper-hex"),
+        # an all-digit hash has no upper case: put a capital letter in it then
+        pytest.param(
+            lambda n, h, m: f"{n}+{h.upper() if h != h.upper() else 'A' + h[1:]}+{m}",
+            id="upper-hex",
+        ),
         pytest.param(lambda n, h, m: f"{n}+{h[:6]}+{m}", id="short-hash"),
         pytest.param(lambda n, h, m: f"{n}+{h}+{m[:-1]}", id="bad-base64"),
         pytest.param(lambda n, h, m: f"{n}+{h}+{m}AAAA", id="long-key"),
